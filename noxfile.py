@@ -1,0 +1,60 @@
+"""Sessions behind the README's commands: ``nox -s demo`` and ``nox -s tests``.
+
+Each session builds its own virtualenv from nothing, installs torch (CPU build where this
+machine keeps one on disk) and the five fulmen distributions, then runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests"]
+
+TORCH = os.environ.get("FULMEN_TORCH", "torch==2.13.0")
+LOCAL_WHEELS = "/opt/wheels"  # a local wheel cache, used only where it exists
+PACKAGES = [
+    "packages/core",
+    "packages/strategy-fsdp",
+    "packages/strategy-deepspeed",
+    "packages/accelerator-xla",
+    "packages/loggers",
+]
+TEST_DEPS = ["pytest>=8", "pytest-timeout", "numpy", "setuptools>=68", "wheel"]
+
+
+def _find_links() -> list[str]:
+    return ["--find-links", LOCAL_WHEELS] if os.path.isdir(LOCAL_WHEELS) else []
+
+
+def install_torch(session: nox.Session) -> None:
+    session.install(*_find_links(), TORCH)
+    if os.path.isdir(LOCAL_WHEELS):
+        # Here a CUDA build would mean a multi-GB download slipped in: fail loudly instead.
+        session.run("python", "-c", "import torch, sys; v = torch.__version__; print('torch', v); sys.exit(0 if '+cpu' in v else 'expected a CPU build of torch, got ' + v)")
+
+
+def install_fulmen(session: nox.Session, editable: bool = True) -> None:
+    args = []
+    for package in PACKAGES:
+        args += ["-e", package] if editable else [package]
+    session.install(*_find_links(), *args)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Train a digits classifier with progress bar, checkpoints and CSV metrics."""
+    install_torch(session)
+    session.install(*_find_links(), "packages/core", "scikit-learn")
+    session.run("python", "examples/digits_demo.py", *session.posargs)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The default suite: everything that runs on a 2-core CPU machine in minutes."""
+    install_torch(session)
+    session.install(*_find_links(), *TEST_DEPS)
+    install_fulmen(session)
+    session.run("python", "-m", "pytest", "tests", *session.posargs)

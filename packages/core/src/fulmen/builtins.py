@@ -1,0 +1,90 @@
+"""The core's own accelerators, strategies, precisions, environments, callbacks, logger and
+checkpoint IO, registered through the same hooks an outside plugin uses.
+
+If something here needed a private door into the core, outside plugins could not do the
+same; keeping the built-ins on the public hooks is how we know the plugin API is enough.
+Imports happen inside the factories so that a Trainer pays only for what it uses.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from fulmen.hookspecs import hookimpl
+
+
+def _lazy(path: str, **preset):
+    """A factory that imports ``module:Class`` on first use, exposing the class's
+    ``is_available``/``auto_priority``/``detect`` without importing anything heavy."""
+    module_name, _, class_name = path.partition(":")
+
+    def resolve():
+        import importlib
+
+        return getattr(importlib.import_module(module_name), class_name)
+
+    def factory(**options):
+        return resolve()(**{**preset, **options})
+
+    factory.__name__ = class_name
+    factory.resolve = resolve
+    return factory
+
+
+@hookimpl
+def register_accelerators(register):
+    from fulmen.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
+
+    register("cpu", CPUAccelerator, "the CPU of this machine")
+    register("cuda", CUDAAccelerator, "NVIDIA GPUs through torch.cuda")
+    register("mps", MPSAccelerator, "Apple GPUs through torch.backends.mps")
+
+
+@hookimpl
+def register_strategies(register):
+    from fulmen.strategies.single_device import SingleDeviceStrategy
+
+    register("single_device", SingleDeviceStrategy, "one process on one device")
+
+
+@hookimpl
+def register_precisions(register):
+    import torch
+
+    from fulmen.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
+
+    register("32-true", Precision, "float32 everywhere")
+    register("64-true", DoublePrecision, "float64 parameters and inputs")
+    register("bf16-mixed", functools.partial(MixedPrecision, torch.bfloat16), "float32 weights, bfloat16 autocast")
+    register("16-mixed", functools.partial(MixedPrecision, torch.float16), "float32 weights, float16 autocast with a gradient scaler (CUDA)")
+    register("bf16-true", functools.partial(HalfPrecision, torch.bfloat16), "bfloat16 parameters and inputs")
+    register("16-true", functools.partial(HalfPrecision, torch.float16), "float16 parameters and inputs (CUDA)")
+
+
+@hookimpl
+def register_environments(register):
+    from fulmen.environments.local import LocalEnvironment
+
+    register("local", LocalEnvironment, "this machine; processes started by fulmen or a single process")
+
+
+@hookimpl
+def register_checkpoint_io(register):
+    from fulmen.io.checkpoint_io import TorchCheckpointIO
+
+    register("torch", TorchCheckpointIO, "torch.save with atomic rename; torch.load(weights_only=True)")
+
+
+@hookimpl
+def register_loggers(register):
+    register("csv", _lazy("fulmen.loggers.csv_logger:CSVLogger"), "metrics.csv and hparams.json on local disk")
+
+
+@hookimpl
+def register_callbacks(register):
+    register("model_checkpoint", _lazy("fulmen.callbacks.model_checkpoint:ModelCheckpoint"), "save top-k and last checkpoints")
+    register("early_stopping", _lazy("fulmen.callbacks.early_stopping:EarlyStopping"), "stop when a monitored metric stops improving")
+    register("lr_monitor", _lazy("fulmen.callbacks.lr_monitor:LearningRateMonitor"), "log learning rates")
+    register("progress_bar", _lazy("fulmen.callbacks.progress_bar:ProgressBar"), "tqdm progress bar with prog_bar metrics")
+    register("model_summary", _lazy("fulmen.callbacks.model_summary:ModelSummary"), "print a table of submodules and parameter counts")
+    register("timer", _lazy("fulmen.callbacks.timer:Timer"), "track time and stop after a duration")

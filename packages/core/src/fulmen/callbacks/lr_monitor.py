@@ -1,0 +1,64 @@
+"""``LearningRateMonitor``: log each optimizer's learning rate (and momentum) as it changes."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+from fulmen.callbacks.base import Callback
+from fulmen.errors import FulmenConfigError
+
+
+class LearningRateMonitor(Callback):
+    def __init__(self, logging_interval: Optional[str] = None, log_momentum: bool = False, log_weight_decay: bool = False) -> None:
+        if logging_interval not in (None, "step", "epoch"):
+            raise FulmenConfigError(f"LearningRateMonitor(logging_interval={logging_interval!r}) must be None, 'step' or 'epoch'")
+        self.logging_interval = logging_interval
+        self.log_momentum = log_momentum
+        self.log_weight_decay = log_weight_decay
+        self.lrs: Dict[str, list] = {}
+
+    def on_train_start(self, trainer) -> None:
+        if not trainer.loggers:
+            raise FulmenConfigError(
+                "LearningRateMonitor needs a logger to write to; remove logger=False or drop the callback"
+            )
+
+    def _names(self, trainer):
+        names = []
+        scheduler_names = {c.opt_idx: c.name for c in trainer.lr_scheduler_configs if c.name}
+        for index, optimizer in enumerate(trainer.optimizers):
+            base = scheduler_names.get(index) or f"lr-{type(optimizer.optimizer).__name__}"
+            if len(trainer.optimizers) > 1 and index not in scheduler_names:
+                base = f"{base}-{index}"
+            groups = optimizer.param_groups
+            for group_index, group in enumerate(groups):
+                suffix = f"/pg{group_index + 1}" if len(groups) > 1 else ""
+                names.append((base + suffix, group))
+        return names
+
+    def _collect(self, trainer, interval: str) -> Dict[str, float]:
+        stats: Dict[str, float] = {}
+        for name, group in self._names(trainer):
+            stats[name] = float(group["lr"])
+            self.lrs.setdefault(name, []).append(stats[name])
+            if self.log_momentum:
+                momentum = group.get("momentum", group.get("betas", (None,))[0])
+                if momentum is not None:
+                    stats[name.replace("lr-", "momentum-", 1)] = float(momentum)
+            if self.log_weight_decay and "weight_decay" in group:
+                stats[name.replace("lr-", "weight_decay-", 1)] = float(group["weight_decay"])
+        return stats
+
+    def _wanted(self, trainer, interval: str) -> bool:
+        if self.logging_interval is not None:
+            return self.logging_interval == interval
+        configured = {c.interval for c in trainer.lr_scheduler_configs}
+        return interval in configured if configured else interval == "epoch"
+
+    def on_train_batch_start(self, trainer) -> None:
+        if self._wanted(trainer, "step") and trainer.global_step % trainer.log_every_n_steps == 0:
+            trainer._log_to_loggers(self._collect(trainer, "step"))
+
+    def on_train_epoch_start(self, trainer) -> None:
+        if self._wanted(trainer, "epoch"):
+            trainer._log_to_loggers(self._collect(trainer, "epoch"))

@@ -1,0 +1,273 @@
+"""``Fabric``: the layer that touches devices, processes, precision and checkpoint files.
+
+Users who keep their own loop call it directly; the Trainer is written on top of it, so each
+strategy and precision has exactly one implementation whichever API drives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from fulmen.errors import FulmenConfigError
+from fulmen.fabric.connector import resolve_strategy
+from fulmen.fabric.wrappers import DeviceDataLoader, FabricModule, FabricOptimizer
+from fulmen.plugins import manager as plugin_manager
+from fulmen.strategies.base import Strategy
+from fulmen.strategies.capabilities import SupportsNoBackwardSync
+from fulmen.utilities.apply import move_data_to_device
+from fulmen.utilities.seed import seed_everything as _seed_everything
+
+
+class Fabric:
+    def __init__(
+        self,
+        accelerator: Any = "auto",
+        strategy: Any = "auto",
+        devices: Any = "auto",
+        num_nodes: int = 1,
+        precision: Any = "32-true",
+        plugins: Optional[Sequence[Any]] = None,
+        callbacks: Optional[Union[Any, Sequence[Any]]] = None,
+        loggers: Optional[Union[Any, Sequence[Any]]] = None,
+        allow_plugins: Optional[Sequence[str]] = None,
+        deny_plugins: Optional[Sequence[str]] = None,
+    ) -> None:
+        self._plugin_set = plugin_manager.build(allow=allow_plugins, deny=deny_plugins)
+        self._registry = self._plugin_set.registry
+        self._strategy, hook_plugins = resolve_strategy(
+            self._registry,
+            accelerator=accelerator,
+            strategy=strategy,
+            devices=devices,
+            num_nodes=num_nodes,
+            precision=precision,
+            plugins=plugins,
+        )
+        for plugin in hook_plugins:
+            self._plugin_set.manager.register(plugin)
+        self._callbacks = _as_list(callbacks)
+        self._loggers = _resolve_loggers(loggers, self._registry)
+        self._launched = False
+        self._strategy.setup_environment()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def strategy(self) -> Strategy:
+        return self._strategy
+
+    @property
+    def accelerator(self):
+        return self._strategy.accelerator
+
+    @property
+    def precision(self):
+        return self._strategy.precision
+
+    @property
+    def registry(self):
+        return self._registry
+
+    @property
+    def plugin_manager(self):
+        return self._plugin_set.manager
+
+    @property
+    def device(self) -> torch.device:
+        return self._strategy.root_device
+
+    @property
+    def global_rank(self) -> int:
+        return self._strategy.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self._strategy.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self._strategy.node_rank
+
+    @property
+    def world_size(self) -> int:
+        return self._strategy.world_size
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self._strategy.is_global_zero
+
+    @property
+    def loggers(self) -> List[Any]:
+        return self._loggers
+
+    @property
+    def logger(self) -> Any:
+        return self._loggers[0] if self._loggers else None
+
+    # ------------------------------------------------------------------ launching
+    def launch(self, function: Optional[Callable[..., Any]] = None, *args: Any, **kwargs: Any) -> Any:
+        """Start the other processes (if the strategy needs them) and run ``function(self)``."""
+        self._launched = True
+        launcher = self._strategy.launcher
+        if function is None:
+            if launcher is not None:
+                launcher.launch(None)
+            return None
+        if launcher is not None:
+            return launcher.launch(function, self, *args, **kwargs)
+        return function(self, *args, **kwargs)
+
+    # ------------------------------------------------------------------ setup
+    def init_module(self, empty_init: Optional[bool] = None) -> ContextManager:
+        """Build the model inside this to create it in the right dtype (and shards)."""
+        return self._strategy.module_init_context(empty_init)
+
+    def setup(self, module: nn.Module, *optimizers: torch.optim.Optimizer, move_to_device: bool = True):
+        fabric_module = self.setup_module(module, move_to_device=move_to_device)
+        fabric_optimizers = [self.setup_optimizer(opt) for opt in optimizers]
+        if not fabric_optimizers:
+            return fabric_module
+        return (fabric_module, *fabric_optimizers)
+
+    def setup_module(self, module: nn.Module, move_to_device: bool = True) -> FabricModule:
+        if isinstance(module, FabricModule):
+            raise FulmenConfigError("this module was already set up; call setup() once per module")
+        forward_module = self._strategy.setup_module(module) if move_to_device else module
+        return FabricModule(forward_module, self._strategy, original_module=module)
+
+    def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> FabricOptimizer:
+        if isinstance(optimizer, FabricOptimizer):
+            raise FulmenConfigError("this optimizer was already set up; call setup() once per optimizer")
+        return FabricOptimizer(self._strategy.setup_optimizer(optimizer), self._strategy)
+
+    def setup_optimizers(self, *optimizers: torch.optim.Optimizer):
+        wrapped = [self.setup_optimizer(opt) for opt in optimizers]
+        return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+
+    def setup_dataloaders(self, *dataloaders: Any, use_distributed_sampler: bool = True, move_to_device: bool = True):
+        wrapped = [self._setup_dataloader(dl, use_distributed_sampler, move_to_device) for dl in dataloaders]
+        return wrapped[0] if len(wrapped) == 1 else wrapped
+
+    def _setup_dataloader(self, dataloader: Any, use_distributed_sampler: bool, move_to_device: bool):
+        if use_distributed_sampler:
+            dataloader = self._strategy.process_dataloader(dataloader)
+        return DeviceDataLoader(dataloader, self._strategy, move_to_device)
+
+    def to_device(self, obj: Any) -> Any:
+        if isinstance(obj, nn.Module):
+            return obj.to(self.device)
+        return move_data_to_device(obj, self.device)
+
+    # ------------------------------------------------------------------ training verbs
+    def backward(self, tensor: torch.Tensor, *args: Any, model: Optional[nn.Module] = None, **kwargs: Any) -> None:
+        module = model.module if isinstance(model, FabricModule) else model
+        self._strategy.backward(tensor, module, *args, **kwargs)
+
+    def clip_gradients(
+        self,
+        module: nn.Module,
+        optimizer: Any,
+        clip_val: Optional[float] = None,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = True,
+    ) -> Optional[torch.Tensor]:
+        if (clip_val is None) == (max_norm is None):
+            raise FulmenConfigError("clip_gradients needs exactly one of clip_val= (by value) or max_norm= (by norm)")
+        raw_optimizer = optimizer.optimizer if isinstance(optimizer, FabricOptimizer) else optimizer
+        raw_module = module.module if isinstance(module, FabricModule) else module
+        if max_norm is not None:
+            return self._strategy.clip_gradients_norm(raw_module, raw_optimizer, max_norm, norm_type, error_if_nonfinite)
+        self._strategy.clip_gradients_value(raw_module, raw_optimizer, clip_val)
+        return None
+
+    def autocast(self) -> ContextManager:
+        return self._strategy.precision.forward_context()
+
+    def no_backward_sync(self, module: nn.Module, enabled: bool = True) -> ContextManager:
+        """Skip the gradient all-reduce inside this block (for accumulation micro-batches)."""
+        if not enabled or not isinstance(self._strategy, SupportsNoBackwardSync):
+            return contextlib.nullcontext()
+        raw = module._forward_module if isinstance(module, FabricModule) else module
+        return self._strategy.no_backward_sync(raw, enabled)
+
+    # ------------------------------------------------------------------ collectives
+    def all_reduce(self, data: Any, reduce_op: str = "mean") -> Any:
+        from fulmen.utilities.apply import apply_to_tensors
+
+        return apply_to_tensors(_to_tensor(data, self.device), lambda t: self._strategy.all_reduce(t, reduce_op))
+
+    def all_gather(self, data: Any, sync_grads: bool = False) -> Any:
+        from fulmen.utilities.apply import apply_to_tensors
+
+        return apply_to_tensors(_to_tensor(data, self.device), lambda t: self._strategy.all_gather(t, sync_grads))
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return self._strategy.broadcast(obj, src)
+
+    def barrier(self, name: Optional[str] = None) -> None:
+        self._strategy.barrier(name)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, path: Union[str, Path], state: Dict[str, Any]) -> None:
+        """Write ``state`` (modules, optimizers and anything with ``state_dict``) atomically."""
+        from fulmen.fabric.state import collect_state
+
+        checkpoint = collect_state(state, self._strategy)
+        self._strategy.save_checkpoint(checkpoint, path)
+        self.barrier("fabric.save")
+
+    def load(self, path: Union[str, Path], state: Optional[Dict[str, Any]] = None, strict: bool = True) -> Dict[str, Any]:
+        """Restore into ``state``'s objects in place; returns the entries not consumed."""
+        from fulmen.fabric.state import restore_state
+
+        checkpoint = self._strategy.load_checkpoint(path)
+        if state is None:
+            return checkpoint
+        return restore_state(checkpoint, state, self._strategy, strict=strict)
+
+    # ------------------------------------------------------------------ logging, callbacks
+    def log(self, name: str, value: Any, step: Optional[int] = None) -> None:
+        self.log_dict({name: value}, step=step)
+
+    def log_dict(self, metrics: Dict[str, Any], step: Optional[int] = None) -> None:
+        if not self._loggers or not self.is_global_zero:
+            return
+        plain = {k: (v.item() if isinstance(v, torch.Tensor) else float(v)) for k, v in metrics.items()}
+        for logger in self._loggers:
+            logger.log_metrics(plain, step=step)
+
+    def call(self, hook_name: str, *args: Any, **kwargs: Any) -> None:
+        """Call ``hook_name`` on every callback given to Fabric that defines it."""
+        for callback in self._callbacks:
+            method = getattr(callback, hook_name, None)
+            if callable(method):
+                method(*args, **kwargs)
+
+    def seed_everything(self, seed: Optional[int] = None, workers: bool = False) -> int:
+        return _seed_everything(seed, workers=workers)
+
+
+def _as_list(value: Any) -> List[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _resolve_loggers(loggers: Any, registry) -> List[Any]:
+    out = []
+    for logger in _as_list(loggers):
+        out.append(registry.create("logger", logger) if isinstance(logger, str) else logger)
+    return out
+
+
+def _to_tensor(data: Any, device: torch.device) -> Any:
+    if isinstance(data, (int, float)):
+        return torch.tensor(data, device=device)
+    return data

@@ -1,0 +1,118 @@
+"""Thin wrappers that route a user's ``model(x)`` and ``optimizer.step()`` through the
+strategy, so a Fabric script reads like plain PyTorch but runs under any precision/strategy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, List, Optional
+
+import torch
+from torch import nn
+
+
+class FabricModule(nn.Module):
+    """Runs ``forward`` under the precision's context with inputs converted to its dtype.
+
+    The original module stays reachable as ``.module`` and attributes are forwarded, so
+    ``model.some_method()`` and ``model.state_dict()`` work as before.
+    """
+
+    def __init__(self, forward_module: nn.Module, strategy: Any, original_module: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        self._forward_module = forward_module
+        self._original_module = original_module or forward_module
+        self._strategy = strategy
+
+    @property
+    def module(self) -> nn.Module:
+        return self._original_module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        precision = self._strategy.precision
+        args, kwargs = precision.convert_input((args, kwargs))
+        with precision.forward_context():
+            return self._forward_module(*args, **kwargs)
+
+    def state_dict(self, *args: Any, **kwargs: Any):
+        return self._original_module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any):
+        return self._original_module.load_state_dict(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            original = super().__getattr__("_original_module")
+            return getattr(original, name)
+
+
+class FabricOptimizer:
+    """An optimizer whose ``step`` goes through the strategy (scaler, sharding, hooks)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, strategy: Any) -> None:
+        self._optimizer = optimizer
+        self._strategy = strategy
+        # Called after every real step; the Trainer counts steps here in manual optimization.
+        self._after_step: List[Callable[[], None]] = []
+        self._before_step: List[Callable[[torch.optim.Optimizer], None]] = []
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self._optimizer
+
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        for hook in self._before_step:
+            hook(self._optimizer)
+        result = self._strategy.optimizer_step(self._optimizer, closure)
+        for hook in self._after_step:
+            hook()
+        return result
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return self._strategy.optimizer_state_dict(self._optimizer)
+
+    def load_state_dict(self, state):
+        self._strategy.load_optimizer_state_dict(self._optimizer, state)
+
+    @property
+    def param_groups(self):
+        return self._optimizer.param_groups
+
+    @property
+    def state(self):
+        return self._optimizer.state
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._optimizer, name)
+
+    def __repr__(self) -> str:
+        return f"FabricOptimizer({self._optimizer!r})"
+
+
+class DeviceDataLoader:
+    """Iterates a DataLoader and moves each batch to the strategy's device."""
+
+    def __init__(self, dataloader: Any, strategy: Any, move_to_device: bool = True) -> None:
+        self.dataloader = dataloader
+        self._strategy = strategy
+        self._move = move_to_device
+
+    def __len__(self) -> int:
+        return len(self.dataloader)
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self._move:
+            yield from self.dataloader
+            return
+        to_device = self._strategy.batch_to_device
+        for batch in self.dataloader:
+            yield to_device(batch)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataloader":
+            raise AttributeError(name)
+        return getattr(self.dataloader, name)

@@ -1,0 +1,3 @@
+from fulmen.io.checkpoint_io import CheckpointIO, TorchCheckpointIO
+
+__all__ = ["CheckpointIO", "TorchCheckpointIO"]

@@ -1,0 +1,4 @@
+from fulmen.loggers.base import Logger
+from fulmen.loggers.csv_logger import CSVLogger
+
+__all__ = ["Logger", "CSVLogger"]

@@ -1,0 +1,128 @@
+"""The default logger: ``metrics.csv`` and ``hparams.json`` under ``save_dir/name/version_N``.
+
+No dependency beyond the standard library, so every install can read its own curves.
+Rows are buffered and written every ``flush_logs_every_n_steps`` and at epoch ends; when a
+new metric name appears the file is rewritten with the wider header.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from fulmen.io.atomic import atomic_open
+from fulmen.loggers.base import Logger
+
+
+class CSVLogger(Logger):
+    def __init__(
+        self,
+        save_dir: Union[str, os.PathLike] = ".",
+        name: str = "fulmen_logs",
+        version: Optional[Union[int, str]] = None,
+        flush_logs_every_n_steps: int = 100,
+    ) -> None:
+        self._save_dir = Path(save_dir)
+        self._name = name
+        self._version = version
+        self._flush_every = max(1, int(flush_logs_every_n_steps))
+        self._rows: List[Dict[str, Any]] = []
+        self._header: List[str] = []
+        self._pending = 0
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> Union[int, str]:
+        if self._version is None:
+            self._version = self._next_version()
+        return self._version
+
+    @property
+    def root_dir(self) -> Path:
+        return self._save_dir / self._name
+
+    @property
+    def log_dir(self) -> str:
+        version = self.version
+        folder = version if isinstance(version, str) else f"version_{version}"
+        return str(self.root_dir / folder)
+
+    @property
+    def metrics_file(self) -> Path:
+        return Path(self.log_dir) / "metrics.csv"
+
+    def _next_version(self) -> int:
+        taken = []
+        if self.root_dir.is_dir():
+            for entry in self.root_dir.iterdir():
+                if entry.is_dir() and entry.name.startswith("version_"):
+                    suffix = entry.name[len("version_"):]
+                    if suffix.isdigit():
+                        taken.append(int(suffix))
+        return max(taken) + 1 if taken else 0
+
+    def log_hyperparams(self, params: Dict[str, Any]) -> None:
+        path = Path(self.log_dir) / "hparams.json"
+        with atomic_open(path) as handle:
+            handle.write(json.dumps(params, indent=2, sort_keys=True, default=str).encode())
+
+    def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
+        row = {"step": step, **metrics}
+        self._rows.append(row)
+        self._pending += 1
+        if self._pending >= self._flush_every:
+            self.save()
+
+    def save(self) -> None:
+        if not self._rows:
+            return
+        path = self.metrics_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new_keys = sorted({k for row in self._rows for k in row} - set(self._header) - {"step"})
+        if new_keys or not path.exists():
+            # A wider header means rewriting the file; old rows get empty cells.
+            old_rows = _read_rows(path) if path.exists() else []
+            self._header = ["step"] + sorted((set(self._header) - {"step"}) | set(new_keys))
+            with atomic_open(path) as handle:
+                text = _render(self._header, old_rows + self._rows, with_header=True)
+                handle.write(text.encode())
+        else:
+            with open(path, "a", newline="") as handle:
+                handle.write(_render(self._header, self._rows, with_header=False))
+        self._rows = []
+        self._pending = 0
+
+    def finalize(self, status: str) -> None:
+        self.save()
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"version": self.version}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self._version = state.get("version", self._version)
+        path = self.metrics_file
+        if path.exists():
+            with open(path, newline="") as handle:
+                self._header = next(csv.reader(handle), [])
+
+
+def _read_rows(path: Path) -> List[Dict[str, Any]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _render(header: List[str], rows: List[Dict[str, Any]], with_header: bool) -> str:
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=header, extrasaction="ignore", lineterminator="\n")
+    if with_header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

@@ -1,0 +1,217 @@
+"""``fulmen.Module``: a ``torch.nn.Module`` plus the steps and settings a Trainer needs.
+
+The names and meanings follow Lightning's ``LightningModule`` so that users can move code
+over by changing imports. Lifecycle hooks (``on_train_epoch_end`` and the rest, see
+``fulmen.hookspecs``) are ordinary methods: define the ones you need, with any subset of
+the documented arguments.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from fulmen.errors import FulmenConfigError, FulmenUserCodeError
+from fulmen.plugins.manager import HookCarrier
+from fulmen.utilities.hparams import AttributeDict, collect_init_args, plain_hparams
+
+HPARAMS_KEY = "hyper_parameters"
+
+
+class Module(HookCarrier, nn.Module):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.automatic_optimization: bool = True
+        self._trainer = None
+        self._hparams: AttributeDict = AttributeDict()
+
+    # ------------------------------------------------------------------ the user's part
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        raise FulmenUserCodeError(
+            f"{type(self).__name__} has no training_step; define "
+            "training_step(self, batch, batch_idx) returning the loss to train with Trainer.fit"
+        )
+
+    def configure_optimizers(self) -> Any:
+        raise FulmenUserCodeError(
+            f"{type(self).__name__} has no configure_optimizers; define it to return an "
+            "optimizer, e.g. torch.optim.AdamW(self.parameters(), lr=1e-3)"
+        )
+
+    def setup(self, stage: str) -> None:
+        """Build layers that need data or the device; called with ``stage=`` before each run."""
+
+    def teardown(self, stage: str) -> None:
+        """Release what ``setup`` built; called with ``stage=`` after each run."""
+
+    # validation_step, test_step, predict_step and the *_dataloader methods are optional;
+    # the Trainer looks them up with ``getattr`` and skips a loop when one is missing.
+
+    # ------------------------------------------------------------------ trainer access
+    @property
+    def trainer(self):
+        if self._trainer is None:
+            raise FulmenConfigError(f"{type(self).__name__} is not attached to a Trainer")
+        return self._trainer
+
+    @trainer.setter
+    def trainer(self, trainer) -> None:
+        # Stored outside nn.Module's registries so the trainer is not a submodule.
+        object.__setattr__(self, "_trainer", trainer)
+
+    @property
+    def current_epoch(self) -> int:
+        return self._trainer.current_epoch if self._trainer is not None else 0
+
+    @property
+    def global_step(self) -> int:
+        return self._trainer.global_step if self._trainer is not None else 0
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for tensor in self.parameters():
+            return tensor.dtype
+        return torch.get_default_dtype()
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on global rank zero only."""
+        if self._trainer is None or self._trainer.is_global_zero:
+            print(*args, **kwargs)
+
+    # ------------------------------------------------------------------ logging
+    def log(
+        self,
+        name: str,
+        value: Any,
+        prog_bar: bool = False,
+        logger: bool = True,
+        on_step: Optional[bool] = None,
+        on_epoch: Optional[bool] = None,
+        reduce_fx: Union[str, Any] = "mean",
+        sync_dist: bool = False,
+        batch_size: Optional[int] = None,
+        add_dataloader_idx: bool = True,
+    ) -> None:
+        """Record a metric; values stay on the device until a logging interval reads them."""
+        trainer = self._trainer
+        if trainer is None:
+            raise FulmenConfigError(
+                f"self.log({name!r}) was called while {type(self).__name__} is not attached to "
+                "a Trainer; with Fabric use fabric.log instead"
+            )
+        trainer._metrics.log(
+            name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
+            reduce_fx=reduce_fx, sync_dist=sync_dist, batch_size=batch_size,
+            add_dataloader_idx=add_dataloader_idx,
+        )
+
+    def log_dict(self, metrics: Mapping[str, Any], **kwargs: Any) -> None:
+        for name, value in metrics.items():
+            self.log(name, value, **kwargs)
+
+    # ------------------------------------------------------------------ optimization
+    def optimizers(self):
+        """The optimizer(s) from ``configure_optimizers``, wrapped to run through the strategy."""
+        optimizers = self.trainer.optimizers
+        return optimizers[0] if len(optimizers) == 1 else optimizers
+
+    def lr_schedulers(self):
+        schedulers = [config.scheduler for config in self.trainer.lr_scheduler_configs]
+        if not schedulers:
+            return None
+        return schedulers[0] if len(schedulers) == 1 else schedulers
+
+    def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """``loss.backward()`` through the strategy (scaler, sharding) and the backward hooks."""
+        if self.automatic_optimization:
+            raise FulmenConfigError(
+                "manual_backward is for manual optimization; set self.automatic_optimization = "
+                "False in __init__, or return the loss from training_step instead"
+            )
+        self.trainer._backward(loss, *args, **kwargs)
+
+    def toggle_optimizer(self, optimizer: Any) -> None:
+        """Freeze every parameter that ``optimizer`` does not own (GAN-style alternation)."""
+        owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        self._toggled = {p: p.requires_grad for p in self.parameters()}
+        for p in self.parameters():
+            if id(p) not in owned:
+                p.requires_grad_(False)
+
+    def untoggle_optimizer(self, optimizer: Any) -> None:
+        for p, flag in getattr(self, "_toggled", {}).items():
+            p.requires_grad_(flag)
+        self._toggled = {}
+
+    # ------------------------------------------------------------------ hyperparameters
+    @property
+    def hparams(self) -> AttributeDict:
+        return self._hparams
+
+    def save_hyperparameters(self, *args: Any, ignore: Optional[List[str]] = None, frame=None) -> None:
+        """Store ``__init__``'s arguments (or the named ones, or a dict) in ``self.hparams``.
+
+        They are logged once, written into every checkpoint as plain data and used by
+        ``load_from_checkpoint`` to rebuild the module.
+        """
+        if len(args) == 1 and isinstance(args[0], Mapping):
+            values = dict(args[0])
+        else:
+            caller = frame or inspect.currentframe().f_back
+            try:
+                values = collect_init_args(caller, [str(a) for a in args], ignore)
+            finally:
+                del caller
+        self._hparams.update(plain_hparams(values, type(self).__name__))
+
+    # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: Union[str, Path],
+        map_location: Any = None,
+        strict: bool = True,
+        **kwargs: Any,
+    ) -> "Module":
+        """Rebuild the module from its saved hyperparameters (overridden by ``kwargs``) and
+        load its weights; the file is read with ``weights_only=True``."""
+        from fulmen.io.checkpoint_io import TorchCheckpointIO
+
+        checkpoint = TorchCheckpointIO().load_checkpoint(checkpoint_path, map_location=map_location)
+        if "state_dict" not in checkpoint:
+            raise FulmenConfigError(
+                f"{checkpoint_path} has no 'state_dict' entry; it was not written by a fulmen "
+                f"Trainer (it holds {sorted(checkpoint)})"
+            )
+        init_args = {**checkpoint.get(HPARAMS_KEY, {}), **kwargs}
+        try:
+            module = cls(**init_args)
+        except TypeError as exc:
+            raise FulmenConfigError(
+                f"cannot rebuild {cls.__name__} from the checkpoint's hyperparameters "
+                f"{sorted(init_args)}: {exc}. Pass the missing arguments as keywords to "
+                "load_from_checkpoint, or call save_hyperparameters() in __init__"
+            ) from None
+        on_load = getattr(module, "on_load_checkpoint", None)
+        if callable(on_load) and "checkpoint" in inspect.signature(on_load).parameters:
+            on_load(checkpoint=checkpoint)
+        module.load_state_dict(checkpoint["state_dict"], strict=strict)
+        if map_location is not None:
+            module.to(map_location)
+        return module.eval()
+
+
+Module._fulmen_hook_base = Module
+Module._fulmen_direct_methods = frozenset({"setup", "teardown"})

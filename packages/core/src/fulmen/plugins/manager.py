@@ -1,0 +1,162 @@
+"""One pluggy manager per Trainer/Fabric: built-ins, discovered plugins, explicit plugins.
+
+Owning the manager per instance (not per process) keeps two Trainers in one process from
+seeing each other's callbacks or modules, while the expensive part, scanning metadata and
+importing plugin modules, is still done once per process by ``discovery``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import pluggy
+
+from fulmen import hookspecs
+from fulmen.errors import FulmenUserCodeError
+from fulmen.plugins import discovery
+from fulmen.plugins.registry import KINDS, Registry
+
+_REGISTRATION_KIND = {
+    "register_accelerators": "accelerator",
+    "register_strategies": "strategy",
+    "register_precisions": "precision",
+    "register_loggers": "logger",
+    "register_callbacks": "callback",
+    "register_environments": "environment",
+    "register_checkpoint_io": "checkpoint_io",
+}
+assert set(_REGISTRATION_KIND) == set(hookspecs.REGISTRATION_HOOKS)
+assert set(_REGISTRATION_KIND.values()) == set(KINDS)
+
+
+class HookCarrier:
+    """Mixin for objects whose overridden methods are hooks by name (Callback, Module).
+
+    Only methods a subclass overrides are registered, so the many hooks a callback does
+    not care about cost nothing per step.
+    """
+
+    _fulmen_hook_base: type = object
+    # Methods with a hook's name that the Trainer calls directly instead (Lightning's
+    # ``Module.setup(stage)``), so they must not be called a second time as hooks.
+    _fulmen_direct_methods: frozenset = frozenset()
+
+
+def _overridden(plugin: Any, name: str) -> bool:
+    base = getattr(type(plugin), "_fulmen_hook_base", None)
+    impl = getattr(type(plugin), name, None)
+    if impl is None:
+        return name in getattr(plugin, "__dict__", {})  # set on the instance
+    return base is None or getattr(base, name, None) is not impl
+
+
+class FulmenPluginManager(pluggy.PluginManager):
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT_NAME)
+        self.add_hookspecs(hookspecs)
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str):
+        if isinstance(plugin, HookCarrier):
+            # Only hook names are looked at: touching every attribute of an nn.Module
+            # would run properties that may raise before the module is attached.
+            if name in _LIFECYCLE and name not in plugin._fulmen_direct_methods and _overridden(plugin, name):
+                if inspect.isroutine(getattr(plugin, name, None)):
+                    return {}
+            return None
+        return super().parse_hookimpl_opts(plugin, name)
+
+    def register_carrier(self, obj: Any, what: str) -> None:
+        """Register a Callback/Module, turning pluggy's argument check into advice."""
+        try:
+            self.register(obj, name=f"{what}:{type(obj).__qualname__}:{id(obj)}")
+        except pluggy.PluginValidationError as exc:
+            raise FulmenUserCodeError(
+                f"{what} {type(obj).__qualname__} defines a hook with an argument fulmen does "
+                f"not pass: {exc}. A hook may take any subset of its documented arguments "
+                f"(see fulmen.hookspecs), by name; rename the argument or drop it"
+            ) from exc
+
+
+_LIFECYCLE = frozenset(hookspecs.LIFECYCLE_HOOKS)
+
+
+@dataclass
+class PluginSet:
+    """What one Trainer/Fabric sees: its manager, its registry and the plugin outcomes."""
+
+    manager: FulmenPluginManager
+    registry: Registry
+    records: List[discovery.PluginRecord] = field(default_factory=list)
+    disabled: Dict[str, str] = field(default_factory=dict)
+
+
+def _run_registrations(pm: FulmenPluginManager, registry: Registry, dist_of: Dict[str, Any]):
+    for hook_name, kind in _REGISTRATION_KIND.items():
+        caller = getattr(pm.hook, hook_name)
+        # Call each implementation on its own so every name is attributed to its plugin.
+        # pluggy keeps implementations last-registered-first; registration order is wanted.
+        for impl in reversed(caller.get_hookimpls()):
+            plugin_name = impl.plugin_name
+            record = dist_of.get(plugin_name)
+            dist = record.distribution if record is not None else None
+            register = registry.registrar(kind, plugin_name, dist)
+            before = set(registry.tables[kind])
+            impl.function(*[register for _ in impl.argnames])
+            if record is not None:
+                record.registers[kind] = sorted(
+                    set(record.registers.get(kind, ())) | (set(registry.tables[kind]) - before)
+                )
+
+
+def build(
+    allow: Optional[Sequence[str] | str] = None,
+    deny: Optional[Sequence[str] | str] = None,
+    explicit: Sequence[Any] = (),
+) -> PluginSet:
+    """Create the manager of one Trainer/Fabric and fill its registry."""
+    from fulmen import builtins
+
+    pm = FulmenPluginManager()
+    registry = Registry()
+    pm.register(builtins, name="fulmen")
+    allow_set, deny_set = discovery.effective_lists(allow, deny)
+    plugin_set = PluginSet(pm, registry)
+    by_plugin: Dict[str, discovery.PluginRecord] = {}
+    for record in discovery.records().values():
+        plugin_set.records.append(record)
+        reason = discovery.disabled_reason(record, allow_set, deny_set)
+        if reason is not None:
+            plugin_set.disabled[record.name] = reason
+            _mark_unavailable(registry, record, reason)
+            continue
+        plugin = discovery.load(record)
+        if plugin is None:
+            _mark_unavailable(registry, record, record.reason)
+            continue
+        if pm.is_registered(plugin):
+            continue
+        try:
+            pm.register(plugin, name=record.name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            record.status = discovery.FAILED
+            record.reason = f"its hooks do not match fulmen's hook specifications: {exc}"
+            _mark_unavailable(registry, record, record.reason)
+            continue
+        by_plugin[record.name] = record
+        if record.distribution:
+            registry.loaded_distributions[record.distribution] = record.version or "?"
+    for obj in explicit:
+        if isinstance(obj, str):
+            obj = discovery.import_object(obj)
+        if not pm.is_registered(obj):
+            pm.register(obj)
+    _run_registrations(pm, registry, by_plugin)
+    return plugin_set
+
+
+def _mark_unavailable(registry: Registry, record: discovery.PluginRecord, reason: str) -> None:
+    registry.unavailable[record.name] = reason
+    if record.distribution:
+        registry.unavailable[record.distribution] = reason

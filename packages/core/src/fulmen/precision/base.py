@@ -1,0 +1,54 @@
+"""Precision as a bundle of no-op hooks that subclasses fill in.
+
+A strategy calls these at fixed points (module conversion, input conversion, forward,
+backward, optimizer step), so a precision mode never needs to know which strategy runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, ContextManager, Dict, Optional
+
+import torch
+from torch import nn
+
+
+class Precision:
+    """``32-true``: everything in float32, nothing to do."""
+
+    name: str = "32-true"
+
+    def setup(self, device: torch.device) -> None:
+        """Called once the strategy knows its device (mixed modes need its type)."""
+        self.device = device
+
+    def convert_module(self, module: nn.Module) -> nn.Module:
+        return module
+
+    def convert_input(self, data: Any) -> Any:
+        return data
+
+    def forward_context(self) -> ContextManager:
+        return contextlib.nullcontext()
+
+    def module_init_context(self) -> ContextManager:
+        """Where a model is built, so that ``*-true`` modes create it in their dtype."""
+        return contextlib.nullcontext()
+
+    def backward(self, tensor: torch.Tensor, module: Optional[nn.Module], *args: Any, **kwargs: Any) -> None:
+        tensor.backward(*args, **kwargs)
+
+    def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """Bring gradients to their true scale before clipping (only scalers do work)."""
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Optional[Callable[[], Any]] = None) -> Any:
+        return optimizer.step(closure) if closure is not None else optimizer.step()
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"

@@ -1,0 +1,179 @@
+"""What a Trainer checkpoint holds, and putting it back.
+
+Everything is plain data and tensors (the file is read with ``weights_only=True``): module,
+optimizers, schedulers, precision scaler, loop progress, stateful callbacks under stable
+keys, hyperparameters and versions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from fulmen.errors import FulmenCheckpointError, FulmenConfigError
+from fulmen.module import HPARAMS_KEY
+
+FORMAT_NAME = "fulmen.checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Progress:
+    """Where the loop is; enough to continue with the batch that would have come next."""
+
+    current_epoch: int = 0
+    global_step: int = 0
+    batch_idx: int = 0  # batches of the current epoch already consumed
+    total_batches: int = 0  # across epochs (val_check_interval without epochs)
+    epoch_complete: bool = False
+    resuming_mid_epoch: bool = False
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = asdict(self)
+        state.pop("resuming_mid_epoch")
+        state["epoch_complete"] = self.epoch_complete
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.current_epoch = int(state["current_epoch"])
+        self.global_step = int(state["global_step"])
+        self.batch_idx = int(state.get("batch_idx", 0))
+        self.total_batches = int(state.get("total_batches", 0))
+        if state.get("epoch_complete"):
+            # Saved after the epoch's last batch: the next run starts a fresh epoch.
+            self.current_epoch += 1
+            self.batch_idx = 0
+        self.epoch_complete = False
+        self.resuming_mid_epoch = self.batch_idx > 0
+
+
+def state_key(callback: Any) -> str:
+    key = getattr(callback, "state_key", None)
+    return key if isinstance(key, str) and key else type(callback).__qualname__
+
+
+def dump_checkpoint(trainer, weights_only: bool = False) -> Dict[str, Any]:
+    from fulmen import __version__
+
+    module = trainer.module
+    checkpoint: Dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "fulmen_version": __version__,
+        "pytorch_version": str(torch.__version__),
+        "epoch": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "state_dict": trainer.strategy.module_state_dict(module),
+        HPARAMS_KEY: dict(module.hparams),
+    }
+    if trainer.datamodule is not None and getattr(trainer.datamodule, "hparams", None):
+        checkpoint["datamodule_hyper_parameters"] = dict(trainer.datamodule.hparams)
+    if not weights_only:
+        checkpoint["loops"] = {"fit": trainer._progress.state_dict()}
+        checkpoint["optimizer_states"] = [
+            trainer.strategy.optimizer_state_dict(opt.optimizer) for opt in trainer.optimizers
+        ]
+        checkpoint["lr_schedulers"] = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
+        checkpoint["precision"] = trainer.strategy.precision.state_dict()
+        checkpoint["callbacks"] = {
+            state_key(cb): cb.state_dict() for cb in trainer.callbacks if callable(getattr(cb, "state_dict", None))
+        }
+        if trainer.datamodule is not None and callable(getattr(trainer.datamodule, "state_dict", None)):
+            checkpoint["datamodule"] = trainer.datamodule.state_dict()
+    trainer._call("on_save_checkpoint", checkpoint=checkpoint)
+    return checkpoint
+
+
+def check_format(checkpoint: Any, path: Any) -> None:
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        keys = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise FulmenCheckpointError(
+            f"{path} is not a fulmen Trainer checkpoint (it holds {keys}); to load bare weights "
+            "use module.load_state_dict(torch.load(path, weights_only=True))"
+        )
+    version = checkpoint.get("format_version", FORMAT_VERSION)
+    if version > FORMAT_VERSION:
+        raise FulmenCheckpointError(
+            f"{path} uses checkpoint format {version}, newer than this fulmen understands "
+            f"({FORMAT_VERSION}); upgrade fulmen (it was written by {checkpoint.get('fulmen_version')})"
+        )
+
+
+def restore(trainer, path: Any, fitting: bool) -> Dict[str, Any]:
+    checkpoint = trainer.strategy.load_checkpoint(path)
+    check_format(checkpoint, path)
+    trainer._call("on_load_checkpoint", checkpoint=checkpoint)
+    trainer.strategy.load_module_state_dict(trainer.module, checkpoint["state_dict"])
+    if not fitting:
+        return checkpoint
+    if "loops" not in checkpoint:
+        raise FulmenCheckpointError(
+            f"{path} holds weights only (save_weights_only=True), so training cannot resume from "
+            "it; load the weights with Module.load_from_checkpoint and start a new fit"
+        )
+    states = checkpoint.get("optimizer_states", [])
+    if len(states) != len(trainer.optimizers):
+        raise FulmenCheckpointError(
+            f"{path} has {len(states)} optimizer state(s) but configure_optimizers returned "
+            f"{len(trainer.optimizers)}; resume with the same optimizer setup"
+        )
+    for optimizer, state in zip(trainer.optimizers, states):
+        trainer.strategy.load_optimizer_state_dict(optimizer.optimizer, state)
+    schedulers = checkpoint.get("lr_schedulers", [])
+    if len(schedulers) != len(trainer.lr_scheduler_configs):
+        raise FulmenCheckpointError(
+            f"{path} has {len(schedulers)} LR scheduler state(s) but configure_optimizers returned "
+            f"{len(trainer.lr_scheduler_configs)}; resume with the same scheduler setup"
+        )
+    for config, state in zip(trainer.lr_scheduler_configs, schedulers):
+        config.scheduler.load_state_dict(state)
+    trainer.strategy.precision.load_state_dict(checkpoint.get("precision", {}))
+    saved_callbacks = checkpoint.get("callbacks", {})
+    for callback in trainer.callbacks:
+        key = state_key(callback)
+        if key in saved_callbacks and callable(getattr(callback, "load_state_dict", None)):
+            callback.load_state_dict(saved_callbacks[key])
+    if trainer.datamodule is not None and "datamodule" in checkpoint:
+        loader = getattr(trainer.datamodule, "load_state_dict", None)
+        if callable(loader):
+            loader(checkpoint["datamodule"])
+    trainer._progress.load_state_dict(checkpoint["loops"]["fit"])
+    return checkpoint
+
+
+def resolve_ckpt_path(trainer, ckpt_path: Optional[str]) -> Optional[str]:
+    """``"last"``, ``"best"`` or a path → a file path (or None for a fresh start)."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path in ("last", "best"):
+        callbacks = trainer.checkpoint_callbacks
+        if ckpt_path == "best":
+            for callback in callbacks:
+                if getattr(callback, "best_model_path", ""):
+                    return callback.best_model_path
+            raise FulmenConfigError(
+                'ckpt_path="best" but no ModelCheckpoint has saved a best checkpoint yet; '
+                "train first, or pass a file path"
+            )
+        candidates = []
+        for callback in callbacks:
+            candidates.extend(callback.last_checkpoint_candidates())
+        if not candidates:
+            directory = trainer.default_root_dir
+            candidates = sorted(Path(directory).rglob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+        if not candidates:
+            import warnings
+
+            from fulmen.errors import FulmenWarning
+
+            warnings.warn(
+                'ckpt_path="last" found no checkpoint; starting from scratch', FulmenWarning, stacklevel=3
+            )
+            return None
+        return str(candidates[0])
+    if not Path(ckpt_path).exists():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path!r} does not exist")
+    return str(ckpt_path)

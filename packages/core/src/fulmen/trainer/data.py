@@ -1,0 +1,142 @@
+"""Where the Trainer's dataloaders come from and how many batches of each it uses."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List, Optional, Sequence, Union
+
+from torch.utils.data import DataLoader, IterableDataset, SequentialSampler
+
+from fulmen.errors import FulmenConfigError, FulmenUserCodeError
+
+INF = math.inf
+
+
+def as_loader_list(value: Any) -> List[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, dict):
+        return list(value.values())
+    return [value]
+
+
+def find_loaders(kind: str, explicit: Any, datamodule: Any, module: Any) -> List[Any]:
+    """``explicit`` argument first, then the DataModule's, then the Module's method."""
+    if explicit is not None:
+        if hasattr(explicit, "train_dataloader") and kind == "train":
+            raise FulmenConfigError(
+                "a DataModule was passed as train_dataloaders; pass it as datamodule= instead"
+            )
+        return as_loader_list(explicit)
+    method_name = f"{kind}_dataloader"
+    for source in (datamodule, module):
+        method = getattr(source, method_name, None) if source is not None else None
+        if callable(method):
+            return as_loader_list(method())
+    return []
+
+
+def has_len(loader: Any) -> bool:
+    if isinstance(loader, DataLoader) and isinstance(loader.dataset, IterableDataset):
+        try:
+            len(loader.dataset)
+        except TypeError:
+            return False
+    try:
+        len(loader)
+        return True
+    except (TypeError, NotImplementedError):
+        return False
+
+
+def num_batches(loader: Any, limit: Union[int, float], what: str) -> Union[int, float]:
+    """How many batches to draw: ``limit`` is a count (int) or a fraction (float)."""
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0:
+        raise FulmenConfigError(f"limit_{what}_batches={limit!r} must be a count (int) or a fraction in [0, 1]")
+    if isinstance(limit, float) and limit > 1.0:
+        raise FulmenConfigError(
+            f"limit_{what}_batches={limit} is a fraction above 1.0; use an int for a batch count"
+        )
+    if not has_len(loader):
+        if isinstance(limit, int):
+            return limit
+        if limit == 1.0:
+            return INF
+        raise FulmenConfigError(
+            f"limit_{what}_batches={limit} is a fraction, but the {what} dataloader has no length "
+            f"(an iterable dataset); give a batch count instead, e.g. limit_{what}_batches=100"
+        )
+    length = len(loader)
+    if isinstance(limit, int):
+        return min(length, limit)
+    count = int(length * limit)
+    if count == 0 and limit > 0 and length > 0:
+        count = 1
+    return count
+
+
+def check_not_empty(loader: Any, count: Union[int, float], what: str, limit: Any) -> None:
+    if count != 0:
+        return
+    if limit == 0:
+        return
+    detail = ""
+    dataset = getattr(loader, "dataset", None)
+    if dataset is not None:
+        try:
+            detail = (
+                f" (dataset of {len(dataset)} samples, batch_size={getattr(loader, 'batch_size', None)}, "
+                f"drop_last={getattr(loader, 'drop_last', None)})"
+            )
+        except TypeError:
+            pass
+    raise FulmenUserCodeError(
+        f"the {what} dataloader yields no batches{detail}; give it data, a smaller batch_size "
+        "or drop_last=False"
+    )
+
+
+def with_sampler(loader: Any, sampler: Any) -> Any:
+    """The same DataLoader with another sampler (for overfit_batches and distributed data)."""
+    if not isinstance(loader, DataLoader):
+        raise FulmenConfigError(
+            f"cannot change the sampler of a {type(loader).__name__}; pass a torch DataLoader"
+        )
+    if isinstance(loader.dataset, IterableDataset):
+        return loader
+    kwargs = dict(
+        dataset=loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=loader.generator,
+        persistent_workers=loader.persistent_workers,
+    )
+    if loader.num_workers > 0:
+        kwargs["prefetch_factor"] = loader.prefetch_factor
+    if loader.batch_size is None:  # the user gave a batch_sampler
+        raise FulmenConfigError(
+            "this DataLoader uses a custom batch_sampler, which fulmen cannot re-seat; build it "
+            "with batch_size= and a sampler, or set use_distributed_sampler=False/overfit_batches=0"
+        )
+    try:
+        return type(loader)(**kwargs)
+    except TypeError as exc:
+        raise FulmenConfigError(
+            f"cannot rebuild {type(loader).__name__} with a new sampler ({exc}); subclasses must "
+            "accept DataLoader's keyword arguments"
+        ) from None
+
+
+def sequential(loader: Any) -> Any:
+    if isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset):
+        return with_sampler(loader, SequentialSampler(loader.dataset))
+    return loader

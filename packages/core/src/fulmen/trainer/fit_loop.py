@@ -1,0 +1,260 @@
+"""The training loop: epochs, batches, gradient accumulation, the optimizer step.
+
+Written as flat functions over the Trainer's state so the whole step reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional
+
+import torch
+
+from fulmen.errors import FulmenError, FulmenUserCodeError
+from fulmen.trainer.eval_loop import run_evaluation
+from fulmen.utilities.apply import first_batch_size
+
+
+class NonFiniteLossError(FulmenError, FloatingPointError):
+    """The loss became NaN or infinite while ``detect_anomaly=True``."""
+
+
+def extract_loss(output: Any, automatic: bool) -> Optional[torch.Tensor]:
+    """The loss inside what ``training_step`` returned, or a precise complaint."""
+    if output is None:
+        return None
+    if isinstance(output, torch.Tensor):
+        loss = output
+    elif isinstance(output, Mapping):
+        if "loss" not in output:
+            if not automatic:
+                return None
+            raise FulmenUserCodeError(
+                f"training_step returned a dict without a 'loss' key (keys: {sorted(map(str, output))}); "
+                "put the loss tensor under 'loss', or return the tensor itself"
+            )
+        loss = output["loss"]
+    else:
+        if not automatic:
+            return None
+        raise FulmenUserCodeError(
+            f"training_step returned a {type(output).__name__}; with automatic optimization it must "
+            "return the loss tensor, a dict with a 'loss' tensor, or None to skip the batch"
+        )
+    if not isinstance(loss, torch.Tensor):
+        raise FulmenUserCodeError(
+            f"training_step's loss is a {type(loss).__name__}, not a tensor; compute it with torch "
+            "operations on the model's output"
+        )
+    if automatic:
+        if loss.numel() != 1:
+            raise FulmenUserCodeError(
+                f"training_step's loss has shape {tuple(loss.shape)}; reduce it to a scalar "
+                "(for example loss.mean()) before returning it"
+            )
+        if not loss.requires_grad:
+            raise FulmenUserCodeError(
+                "training_step's loss does not require grad, so backward cannot train anything; "
+                "do not .detach() it, call .item() on it, or compute it under torch.no_grad()"
+            )
+    return loss
+
+
+def detached_outputs(output: Any) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if isinstance(output, Mapping) and isinstance(output.get("loss"), torch.Tensor):
+        return {**output, "loss": output["loss"].detach()}
+    return output
+
+
+def _check_finite(trainer, loss: torch.Tensor, batch_idx: int) -> None:
+    if not bool(torch.isfinite(loss)):  # syncs; only when the user asked for detect_anomaly
+        raise NonFiniteLossError(
+            f"the loss is {loss.item()} at epoch {trainer.current_epoch}, global step "
+            f"{trainer.global_step}, batch {batch_idx}; lower the learning rate, clip gradients "
+            "(gradient_clip_val=) or check the data of this batch"
+        )
+
+
+def _training_step(trainer, batch: Any, batch_idx: int) -> Any:
+    module = trainer.module
+    with trainer.strategy.forward_context():
+        return module.training_step(batch, batch_idx)
+
+
+def _forward_backward(trainer, batch: Any, batch_idx: int, holder: dict) -> Optional[torch.Tensor]:
+    """training_step, loss checks, backward with its hooks; returns the unscaled loss."""
+    output = _training_step(trainer, batch, batch_idx)
+    holder["output"] = output
+    loss = extract_loss(output, automatic=True)
+    if loss is None:
+        return None
+    if trainer.detect_anomaly:
+        _check_finite(trainer, loss, batch_idx)
+    accumulate = trainer.accumulate_grad_batches
+    trainer._backward(loss / accumulate if accumulate > 1 else loss)
+    return loss
+
+
+def automatic_step(trainer, batch: Any, batch_idx: int, stepping: bool):
+    """One micro-batch; returns (training_step's output, whether the optimizer stepped)."""
+    holder: dict = {}
+    optimizer = trainer.optimizers[0]
+    if not stepping:
+        with trainer.fabric.no_backward_sync(trainer._forward_module, enabled=True):
+            _forward_backward(trainer, batch, batch_idx, holder)
+        return holder.get("output"), False
+    loss = _forward_backward(trainer, batch, batch_idx, holder)
+    if loss is None and trainer.accumulate_grad_batches == 1:
+        return holder.get("output"), False  # training_step returned None: skip this batch
+    raw_optimizer = optimizer.optimizer
+    trainer._call("on_before_optimizer_step", optimizer=raw_optimizer)
+    trainer._clip_gradients(raw_optimizer)
+    calls = {"n": 0}
+
+    def closure():
+        # The first call returns the loss computed above; optimizers such as LBFGS call
+        # again to re-evaluate, and then the step must really run once more.
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return loss
+        raw_optimizer.zero_grad()
+        return _forward_backward(trainer, batch, batch_idx, holder)
+
+    optimizer.step(closure)
+    trainer._call("on_before_zero_grad", optimizer=raw_optimizer)
+    raw_optimizer.zero_grad(set_to_none=True)
+    return holder.get("output"), True
+
+
+def manual_step(trainer, batch: Any, batch_idx: int) -> Any:
+    output = _training_step(trainer, batch, batch_idx)
+    if output is not None and not isinstance(output, (torch.Tensor, Mapping)):
+        raise FulmenUserCodeError(
+            f"training_step returned a {type(output).__name__}; return None, a tensor or a dict"
+        )
+    return output
+
+
+def step_schedulers(trainer, interval: str) -> None:
+    for config in trainer.lr_scheduler_configs:
+        if config.interval != interval:
+            continue
+        count = trainer.global_step if interval == "step" else trainer.current_epoch + 1
+        if count % config.frequency != 0:
+            continue
+        if config.needs_metric:
+            value = trainer.callback_metrics.get(config.monitor)
+            if value is None:
+                if not config.strict:
+                    continue
+                raise FulmenUserCodeError(
+                    f"ReduceLROnPlateau monitors {config.monitor!r}, which was not logged; logged "
+                    f"metrics: {trainer._metrics.metric_names() or 'none'}. Log it with self.log, "
+                    "or set 'strict': False in the lr_scheduler dict"
+                )
+            config.scheduler.step(float(value))
+        else:
+            config.scheduler.step()
+
+
+def _val_due_in_epoch(trainer, batch_idx: int, last: bool) -> bool:
+    interval = trainer._val_check_batches
+    if interval is None or not trainer._has_validation:
+        return False
+    if trainer.check_val_every_n_epoch is None:
+        return trainer._progress.total_batches % interval == 0
+    if (trainer.current_epoch + 1) % trainer.check_val_every_n_epoch != 0:
+        return False
+    return (batch_idx + 1) % interval == 0 or last
+
+
+def run_training_epoch(trainer) -> None:
+    progress = trainer._progress
+    limit = trainer.num_training_batches
+    metrics = trainer._metrics
+    accumulate = trainer.accumulate_grad_batches
+    automatic = trainer.module.automatic_optimization
+    start = progress.batch_idx
+    iterator = trainer._train_iterator(start)
+    batch_idx = start
+    while batch_idx < limit:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            break
+        last = batch_idx + 1 >= limit
+        metrics.stage, metrics.phase = "train", "train_step"
+        metrics.start_batch(first_batch_size(batch))
+        trainer._call("on_train_batch_start", batch=batch, batch_idx=batch_idx)
+        if automatic:
+            stepping = (batch_idx + 1) % accumulate == 0 or last
+            output, stepped = automatic_step(trainer, batch, batch_idx, stepping)
+            if stepped:
+                progress.global_step += 1
+                step_schedulers(trainer, "step")
+        else:
+            output = manual_step(trainer, batch, batch_idx)
+        trainer._call("on_train_batch_end", outputs=detached_outputs(output), batch=batch, batch_idx=batch_idx)
+        batch_idx += 1
+        progress.batch_idx = batch_idx
+        progress.total_batches += 1
+        if progress.total_batches % trainer.log_every_n_steps == 0 or trainer.should_stop or last:
+            trainer._log_step_metrics()
+        if _val_due_in_epoch(trainer, batch_idx - 1, last):
+            trainer._run_validation()
+        if trainer._max_steps_reached() or trainer._stop_granted():
+            break
+    progress.epoch_complete = batch_idx >= limit
+
+
+def run_fit(trainer) -> None:
+    progress = trainer._progress
+    metrics = trainer._metrics
+    trainer._call("on_train_start")
+    while not trainer._fit_done():
+        if not progress.resuming_mid_epoch:
+            metrics.reset_stage("train")
+        progress.resuming_mid_epoch = False
+        trainer.module.train()
+        trainer._set_epoch_on_samplers()
+        trainer._call("on_train_epoch_start")
+        run_training_epoch(trainer)
+        if progress.batch_idx == 0 and trainer.num_training_batches > 0:
+            break  # max_steps/stop reached before any batch; do not count an empty epoch
+        metrics.stage, metrics.phase = "train", "train_epoch_end"
+        metrics.reduce_epoch("train")  # so callbacks see epoch aggregates in the hook
+        trainer._call("on_train_epoch_end")
+        trainer._log_to_loggers(metrics.reduce_epoch("train"))
+        step_schedulers(trainer, "epoch")
+        for logger in trainer.loggers:
+            logger.save()
+        if progress.epoch_complete:
+            progress.current_epoch += 1
+            progress.batch_idx = 0
+            progress.epoch_complete = False
+        if trainer._max_steps_reached():
+            break
+    trainer._call("on_train_end")
+
+
+def fit_done(trainer) -> bool:
+    progress = trainer._progress
+    if trainer._max_steps_reached():
+        return True
+    if trainer.max_epochs is not None and trainer.max_epochs >= 0 and progress.current_epoch >= trainer.max_epochs:
+        return True
+    return trainer._stop_granted()
+
+
+def estimated_stepping_batches(trainer) -> float:
+    if trainer.max_steps is not None and trainer.max_steps >= 0:
+        return trainer.max_steps
+    if trainer.max_epochs is None or trainer.max_epochs < 0:
+        return math.inf
+    per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+    return per_epoch * trainer.max_epochs
+
+
+__all__ = ["run_fit", "run_evaluation", "fit_done", "estimated_stepping_batches"]

@@ -1,0 +1,551 @@
+"""``fulmen.Trainer``: fit/validate/test/predict loops written on the Fabric layer.
+
+The Trainer resolves nothing about devices or precision itself: it builds a ``Fabric`` and
+calls its verbs, so every strategy and precision behaves the same under both APIs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+
+from fulmen.errors import FulmenConfigError, FulmenUserCodeError, FulmenWarning
+from fulmen.fabric.fabric import Fabric
+from fulmen.fabric.wrappers import DeviceDataLoader
+from fulmen.trainer import checkpoint as ckpt
+from fulmen.trainer import data as data_utils
+from fulmen.trainer import fit_loop
+from fulmen.trainer.eval_loop import run_evaluation
+from fulmen.trainer.hook_relay import HookRelay
+from fulmen.trainer.metrics import MetricStore
+from fulmen.trainer.optim import parse_optimizers
+from fulmen.trainer.setup_helpers import build_callbacks, build_loggers, parse_fast_dev_run, parse_val_check_interval
+
+
+class Trainer:
+    def __init__(
+        self,
+        accelerator: Any = "auto",
+        strategy: Any = "auto",
+        devices: Any = "auto",
+        num_nodes: int = 1,
+        precision: Any = "32-true",
+        logger: Any = None,
+        callbacks: Optional[Union[Any, Sequence[Any]]] = None,
+        fast_dev_run: Union[int, bool] = False,
+        max_epochs: Optional[int] = None,
+        min_epochs: Optional[int] = None,
+        max_steps: int = -1,
+        min_steps: Optional[int] = None,
+        max_time: Any = None,
+        limit_train_batches: Union[int, float, None] = None,
+        limit_val_batches: Union[int, float, None] = None,
+        limit_test_batches: Union[int, float, None] = None,
+        limit_predict_batches: Union[int, float, None] = None,
+        overfit_batches: Union[int, float] = 0.0,
+        val_check_interval: Union[int, float, None] = None,
+        check_val_every_n_epoch: Optional[int] = 1,
+        num_sanity_val_steps: Optional[int] = None,
+        log_every_n_steps: Optional[int] = None,
+        enable_checkpointing: Optional[bool] = None,
+        enable_progress_bar: Optional[bool] = None,
+        enable_model_summary: Optional[bool] = None,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: Optional[float] = None,
+        gradient_clip_algorithm: Optional[str] = None,
+        deterministic: Optional[bool] = None,
+        detect_anomaly: bool = False,
+        inference_mode: bool = True,
+        use_distributed_sampler: bool = True,
+        default_root_dir: Optional[Union[str, os.PathLike]] = None,
+        plugins: Optional[Sequence[Any]] = None,
+        allow_plugins: Optional[Sequence[str]] = None,
+        deny_plugins: Optional[Sequence[str]] = None,
+    ) -> None:
+        self.fabric = Fabric(
+            accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes,
+            precision=precision, plugins=plugins, allow_plugins=allow_plugins, deny_plugins=deny_plugins,
+        )
+        self.strategy = self.fabric.strategy
+        self.default_root_dir = str(default_root_dir) if default_root_dir is not None else os.getcwd()
+
+        dev_run = parse_fast_dev_run(fast_dev_run)
+        self.fast_dev_run = dev_run
+        if dev_run:
+            max_epochs, max_steps, num_sanity_val_steps, val_check_interval = 1, dev_run, 0, 1.0
+            limit_train_batches = limit_val_batches = limit_test_batches = limit_predict_batches = dev_run
+            logger = False if logger is None else logger
+            enable_checkpointing = False if enable_checkpointing is None else enable_checkpointing
+        if max_epochs is None and (max_steps is None or max_steps < 0) and max_time is None:
+            max_epochs = 1000
+        self.max_epochs = max_epochs
+        self.min_epochs = min_epochs or 0
+        self.max_steps = -1 if max_steps is None else max_steps
+        self.min_steps = min_steps or 0
+        self.limit_train_batches = 1.0 if limit_train_batches is None else limit_train_batches
+        self.limit_val_batches = 1.0 if limit_val_batches is None else limit_val_batches
+        self.limit_test_batches = 1.0 if limit_test_batches is None else limit_test_batches
+        self.limit_predict_batches = 1.0 if limit_predict_batches is None else limit_predict_batches
+        self.overfit_batches = overfit_batches
+        if overfit_batches:
+            self.limit_train_batches = self.limit_val_batches = overfit_batches
+        self.val_check_interval = parse_val_check_interval(val_check_interval, check_val_every_n_epoch)
+        self.check_val_every_n_epoch = check_val_every_n_epoch
+        self.num_sanity_val_steps = 2 if num_sanity_val_steps is None else num_sanity_val_steps
+        self.log_every_n_steps = 50 if log_every_n_steps is None else int(log_every_n_steps)
+        if self.log_every_n_steps < 1:
+            raise FulmenConfigError(f"log_every_n_steps={log_every_n_steps} must be at least 1")
+        if not isinstance(accumulate_grad_batches, int) or accumulate_grad_batches < 1:
+            raise FulmenConfigError(f"accumulate_grad_batches={accumulate_grad_batches!r} must be a positive integer")
+        self.accumulate_grad_batches = accumulate_grad_batches
+        if gradient_clip_algorithm not in (None, "norm", "value"):
+            raise FulmenConfigError(f"gradient_clip_algorithm={gradient_clip_algorithm!r}; use 'norm' or 'value'")
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = gradient_clip_algorithm or "norm"
+        self.detect_anomaly = detect_anomaly
+        self.inference_mode = inference_mode
+        self.use_distributed_sampler = use_distributed_sampler
+        self.deterministic = bool(deterministic)
+        if self.deterministic:
+            _make_deterministic()
+
+        self.loggers = build_loggers(logger, self.fabric.registry, self.default_root_dir)
+        self.callbacks = build_callbacks(
+            self, callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary, max_time,
+        )
+        self._relay = HookRelay(self.fabric.plugin_manager)
+        self._metrics = MetricStore(self.strategy.all_reduce, lambda: self.strategy.root_device)
+        self._progress = ckpt.Progress()
+        self.module = None
+        self.datamodule = None
+        self.optimizers: List[Any] = []
+        self.lr_scheduler_configs: List[Any] = []
+        self.should_stop = False
+        self.state = "initializing"
+        self.sanity_checking = False
+        self.num_training_batches: Union[int, float] = 0
+        self.num_val_batches: List[Union[int, float]] = []
+        self._train_loader = None
+        self._val_loaders: List[Any] = []
+        self._has_validation = False
+        self._val_check_batches: Optional[int] = None
+        self._forward_module = None
+        self._module_setup_for = None
+        self._hparams_logged = False
+        self._eval_batch_counts: List[Union[int, float]] = []
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def global_step(self) -> int:
+        return self._progress.global_step
+
+    @property
+    def current_epoch(self) -> int:
+        return self._progress.current_epoch
+
+    @property
+    def callback_metrics(self) -> Dict[str, torch.Tensor]:
+        return self._metrics.callback_metrics
+
+    @property
+    def logged_metrics(self) -> Dict[str, float]:
+        return self._metrics.logged_metrics
+
+    @property
+    def progress_bar_metrics(self) -> Dict[str, float]:
+        return self._metrics.progress_bar_metrics
+
+    @property
+    def logger(self):
+        return self.loggers[0] if self.loggers else None
+
+    @property
+    def log_dir(self) -> str:
+        logger = self.logger
+        log_dir = getattr(logger, "log_dir", None) if logger is not None else None
+        return str(log_dir) if log_dir is not None else self.default_root_dir
+
+    @property
+    def checkpoint_callbacks(self) -> List[Any]:
+        from fulmen.callbacks.model_checkpoint import ModelCheckpoint
+
+        return [cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)]
+
+    @property
+    def checkpoint_callback(self):
+        callbacks = self.checkpoint_callbacks
+        return callbacks[0] if callbacks else None
+
+    @property
+    def early_stopping_callback(self):
+        from fulmen.callbacks.early_stopping import EarlyStopping
+
+        return next((cb for cb in self.callbacks if isinstance(cb, EarlyStopping)), None)
+
+    @property
+    def progress_bar_callback(self):
+        from fulmen.callbacks.progress_bar import ProgressBar
+
+        return next((cb for cb in self.callbacks if isinstance(cb, ProgressBar)), None)
+
+    @property
+    def accelerator(self):
+        return self.strategy.accelerator
+
+    @property
+    def precision(self) -> str:
+        return self.strategy.precision.name
+
+    @property
+    def world_size(self) -> int:
+        return self.strategy.world_size
+
+    @property
+    def global_rank(self) -> int:
+        return self.strategy.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self.strategy.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self.strategy.node_rank
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.strategy.is_global_zero
+
+    @property
+    def lightning_module(self):
+        return self.module
+
+    model = lightning_module
+
+    @property
+    def training(self) -> bool:
+        return self.state == "fitting" and not self.sanity_checking
+
+    @property
+    def estimated_stepping_batches(self) -> float:
+        return fit_loop.estimated_stepping_batches(self)
+
+    # ------------------------------------------------------------------ entry points
+    def fit(self, model, train_dataloaders=None, val_dataloaders=None, datamodule=None, ckpt_path=None) -> None:
+        self._run("fit", model, datamodule, lambda: self._fit(train_dataloaders, val_dataloaders, ckpt_path))
+
+    def validate(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = True, datamodule=None):
+        return self._run("validate", model, datamodule, lambda: self._evaluate("validate", dataloaders, ckpt_path, verbose))
+
+    def test(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = True, datamodule=None):
+        return self._run("test", model, datamodule, lambda: self._evaluate("test", dataloaders, ckpt_path, verbose))
+
+    def predict(self, model=None, dataloaders=None, datamodule=None, ckpt_path=None):
+        return self._run("predict", model, datamodule, lambda: self._evaluate("predict", dataloaders, ckpt_path, False))
+
+    def _run(self, stage: str, model, datamodule, body):
+        from fulmen.module import Module
+
+        model = model if model is not None else self.module
+        if model is None:
+            raise FulmenConfigError(f"trainer.{stage}() needs a model: trainer.{stage}(model, ...)")
+        if not isinstance(model, Module):
+            raise FulmenConfigError(
+                f"trainer.{stage}() takes a fulmen.Module, got {type(model).__name__}; subclass "
+                "fulmen.Module (or use fulmen.Fabric to train a plain nn.Module)"
+            )
+        self.module = model
+        self.datamodule = datamodule if datamodule is not None else self.datamodule
+        model.trainer = self
+        if self.datamodule is not None:
+            self.datamodule.trainer = self
+        self.state = {"fit": "fitting", "validate": "validating", "test": "testing", "predict": "predicting"}[stage]
+        self.should_stop = False
+        self._relay.attach(model, self.datamodule, self.callbacks)
+        try:
+            if self.datamodule is not None:
+                self.datamodule.prepare_data()
+                self.datamodule.setup(stage=stage)
+            self._call("setup", stage=stage)
+            model.setup(stage=stage)
+            result = body()
+        except BaseException as exc:
+            self.state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            self._call("on_exception", exception=exc)
+            self._finalize_loggers("failed" if self.state == "failed" else "interrupted")
+            raise
+        finally:
+            try:
+                self._call("teardown", stage=stage)
+                model.teardown(stage=stage)
+                if self.datamodule is not None:
+                    self.datamodule.teardown(stage=stage)
+            finally:
+                self._relay.detach()
+        self.state = "finished"
+        if stage == "fit":
+            self._finalize_loggers("success")
+        return result
+
+    def _call(self, hook: str, **kwargs: Any) -> None:
+        self._relay.call(hook, self, self.module, kwargs)
+
+    # ------------------------------------------------------------------ fit
+    def _fit(self, train_dataloaders, val_dataloaders, ckpt_path) -> None:
+        self._setup_module_and_optimizers()
+        self._prepare_train_data(train_dataloaders)
+        self._prepare_val_data(val_dataloaders)
+        path = ckpt.resolve_ckpt_path(self, ckpt_path)
+        self._progress = ckpt.Progress()
+        if path is not None:
+            ckpt.restore(self, path, fitting=True)
+        self._log_hyperparams()
+        self._call("on_fit_start")
+        if self._has_validation and self.num_sanity_val_steps != 0 and not self._progress.global_step:
+            self._run_sanity_check()
+        fit_loop.run_fit(self)
+        self._call("on_fit_end")
+        for logger in self.loggers:
+            logger.save()
+
+    def _setup_module_and_optimizers(self) -> None:
+        module = self.module
+        if self._module_setup_for is not module:
+            self._forward_module = self.fabric.setup_module(module)
+            self._module_setup_for = module
+        optimizers, schedulers = parse_optimizers(module.configure_optimizers())
+        if not optimizers:
+            raise FulmenUserCodeError("configure_optimizers returned no optimizer; return at least one to train")
+        if module.automatic_optimization and len(optimizers) > 1:
+            raise FulmenUserCodeError(
+                f"configure_optimizers returned {len(optimizers)} optimizers; automatic optimization "
+                "steps exactly one. Set self.automatic_optimization = False and step them in "
+                "training_step with self.optimizers()"
+            )
+        if not module.automatic_optimization and (self.gradient_clip_val or self.accumulate_grad_batches > 1):
+            raise FulmenConfigError(
+                "gradient_clip_val and accumulate_grad_batches apply to automatic optimization; in "
+                "manual optimization call self.clip_gradients(...) / accumulate in training_step"
+            )
+        self.optimizers = [self.fabric.setup_optimizer(opt) for opt in optimizers]
+        if not module.automatic_optimization:
+            for opt in self.optimizers:
+                opt._before_step.append(lambda raw: self._call("on_before_optimizer_step", optimizer=raw))
+                opt._after_step.append(self._count_manual_step)
+        self.lr_scheduler_configs = schedulers
+
+    def _count_manual_step(self) -> None:
+        self._progress.global_step += 1
+
+    def _prepare_train_data(self, explicit) -> None:
+        loaders = data_utils.find_loaders("train", explicit, self.datamodule, self.module)
+        if not loaders:
+            raise FulmenConfigError(
+                "no training data: pass train_dataloaders= to fit, a datamodule=, or define "
+                "train_dataloader() on the module"
+            )
+        if len(loaders) > 1:
+            raise FulmenConfigError("fit takes one training dataloader; combine datasets with ConcatDataset")
+        loader = loaders[0]
+        if self.overfit_batches:
+            loader = data_utils.sequential(loader)
+        count = data_utils.num_batches(loader, self.limit_train_batches, "train")
+        data_utils.check_not_empty(loader, count, "train", self.limit_train_batches)
+        if count == data_utils.INF and (self.max_steps is None or self.max_steps < 0) and self._max_time_callback() is None:
+            raise FulmenConfigError(
+                "the training dataloader has no length (an iterable dataset), so epochs never end; "
+                "set max_steps= (or max_time=, or limit_train_batches= as a batch count)"
+            )
+        self.num_training_batches = count
+        self._train_loader = self.fabric.setup_dataloaders(loader, use_distributed_sampler=self.use_distributed_sampler)
+        interval = self.val_check_interval
+        if isinstance(interval, float):
+            self._val_check_batches = max(1, int(count * interval)) if count != data_utils.INF else None
+            if count == data_utils.INF and interval != 1.0:
+                raise FulmenConfigError(
+                    "val_check_interval as a fraction needs a sized training dataloader; give a batch count"
+                )
+        else:
+            self._val_check_batches = interval
+        if isinstance(interval, int) and count != data_utils.INF and self.check_val_every_n_epoch is not None and interval > count:
+            raise FulmenConfigError(
+                f"val_check_interval={interval} is larger than the {count} training batches of an "
+                "epoch; lower it or set check_val_every_n_epoch=None to count batches across epochs"
+            )
+
+    def _max_time_callback(self):
+        from fulmen.callbacks.timer import Timer
+
+        return next((cb for cb in self.callbacks if isinstance(cb, Timer) and cb.duration is not None), None)
+
+    def _prepare_val_data(self, explicit) -> None:
+        has_step = callable(getattr(self.module, "validation_step", None))
+        if self.overfit_batches and has_step:
+            loaders = [self._train_loader.dataloader]  # overfit: validate on the same batches
+        else:
+            loaders = data_utils.find_loaders("val", explicit, self.datamodule, self.module) if has_step else []
+        if loaders and not has_step:
+            warnings.warn("validation data was given but the module has no validation_step; skipping validation", FulmenWarning, stacklevel=4)
+        self._set_eval_loaders("val", loaders, self.limit_val_batches)
+        self._has_validation = bool(self._val_loaders) and any(n != 0 for n in self.num_val_batches)
+
+    def _set_eval_loaders(self, kind: str, loaders: List[Any], limit) -> None:
+        counts = [data_utils.num_batches(loader, limit, kind) for loader in loaders]
+        for loader, count in zip(loaders, counts):
+            data_utils.check_not_empty(loader, count, kind, limit)
+        wrapped = [self.fabric.setup_dataloaders(loader, use_distributed_sampler=False) for loader in loaders]
+        if kind == "val":
+            self._val_loaders, self.num_val_batches = wrapped, counts
+        self._eval_batch_counts = counts
+        return wrapped, counts
+
+    def _train_iterator(self, start: int):
+        iterator = iter(self._train_loader)
+        # Mid-epoch resume: skip the batches this epoch already consumed. (A map-style
+        # loader's order is restored by its seeded sampler; see the checkpoint docs.)
+        for _ in range(start):
+            try:
+                next(iterator)
+            except StopIteration:
+                break
+        return iterator
+
+    def _set_epoch_on_samplers(self) -> None:
+        loader = self._train_loader.dataloader if isinstance(self._train_loader, DeviceDataLoader) else self._train_loader
+        for candidate in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+            set_epoch = getattr(candidate, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(self.current_epoch)
+
+    def _run_sanity_check(self) -> None:
+        steps = self.num_sanity_val_steps
+        limits = [n if steps < 0 else min(steps, n) for n in self.num_val_batches]
+        self.sanity_checking = True
+        try:
+            self._call("on_sanity_check_start")
+            run_evaluation(self, "sanity", self._val_loaders, limits)
+            self._call("on_sanity_check_end")
+        finally:
+            self.sanity_checking = False
+            self._metrics.drop_stage_outputs("sanity")
+
+    def _run_validation(self) -> None:
+        run_evaluation(self, "validate", self._val_loaders, self.num_val_batches)
+
+    def _fit_done(self) -> bool:
+        return fit_loop.fit_done(self)
+
+    def _max_steps_reached(self) -> bool:
+        return self.max_steps is not None and self.max_steps >= 0 and self.global_step >= self.max_steps
+
+    def _stop_granted(self) -> bool:
+        """``should_stop`` counts only once min_epochs/min_steps are done (Lightning's rule)."""
+        if not self.should_stop:
+            return False
+        done_epochs = self.current_epoch + (1 if self._progress.epoch_complete else 0)
+        return done_epochs >= self.min_epochs and self.global_step >= self.min_steps
+
+    # ------------------------------------------------------------------ optimization helpers
+    def _backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        self._call("on_before_backward", loss=loss)
+        self.strategy.backward(loss, self.module, *args, **kwargs)
+        self._call("on_after_backward")
+
+    def _clip_gradients(self, optimizer) -> None:
+        if not self.gradient_clip_val:
+            return
+        if self.gradient_clip_algorithm == "value":
+            self.strategy.clip_gradients_value(self.module, optimizer, self.gradient_clip_val)
+        else:
+            self.strategy.clip_gradients_norm(self.module, optimizer, self.gradient_clip_val)
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, stage: str, dataloaders, ckpt_path, verbose: bool):
+        module = self.module
+        step_name = {"validate": "validation_step", "test": "test_step", "predict": "predict_step"}[stage]
+        if not callable(getattr(module, step_name, None)):
+            raise FulmenUserCodeError(f"trainer.{stage}() needs {type(module).__name__}.{step_name}(self, batch, batch_idx)")
+        if self._module_setup_for is not module:
+            self._forward_module = self.fabric.setup_module(module)
+            self._module_setup_for = module
+        path = ckpt.resolve_ckpt_path(self, ckpt_path)
+        if path is not None:
+            ckpt.restore(self, path, fitting=False)
+        kind = {"validate": "val", "test": "test", "predict": "predict"}[stage]
+        loaders = data_utils.find_loaders(kind, dataloaders, self.datamodule, module)
+        if not loaders:
+            raise FulmenConfigError(
+                f"no {kind} data: pass dataloaders= to trainer.{stage}(), a datamodule= or define "
+                f"{kind}_dataloader() on the module"
+            )
+        limit = {"validate": self.limit_val_batches, "test": self.limit_test_batches, "predict": self.limit_predict_batches}[stage]
+        wrapped, counts = self._set_eval_loaders(kind, loaders, limit)
+        result = run_evaluation(self, stage, wrapped, counts)
+        if verbose and stage != "predict" and self.is_global_zero:
+            _print_results(stage, result)
+        return result
+
+    # ------------------------------------------------------------------ logging
+    def _log_hyperparams(self) -> None:
+        if self._hparams_logged or not self.loggers or not self.is_global_zero:
+            return
+        params = dict(self.module.hparams)
+        if self.datamodule is not None:
+            params.update(dict(getattr(self.datamodule, "hparams", {}) or {}))
+        for logger in self.loggers:
+            logger.log_hyperparams(params)
+        self._hparams_logged = True
+
+    def _log_step_metrics(self) -> None:
+        metrics = self._metrics.step_metrics_for_loggers()
+        if metrics:
+            self._log_to_loggers(metrics)
+
+    def _log_to_loggers(self, metrics: Dict[str, float]) -> None:
+        if not metrics or not self.loggers or self.sanity_checking or not self.is_global_zero:
+            return
+        metrics = {**metrics, "epoch": float(self.current_epoch)}
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
+
+    def _finalize_loggers(self, status: str) -> None:
+        if not self.is_global_zero:
+            return
+        for logger in self.loggers:
+            try:
+                logger.finalize(status)
+            except Exception as exc:  # never mask the error that ended training
+                warnings.warn(f"logger {type(logger).__name__} failed to finalize: {exc}", FulmenWarning, stacklevel=2)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, filepath: Union[str, os.PathLike], weights_only: bool = False, storage_options: Any = None) -> None:
+        if self.module is None:
+            raise FulmenConfigError("save_checkpoint needs a model; call fit/validate first")
+        checkpoint = ckpt.dump_checkpoint(self, weights_only=weights_only)
+        self.strategy.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+        self.strategy.barrier("save_checkpoint")
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        if self.is_global_zero:
+            print(*args, **kwargs)
+
+
+def _make_deterministic() -> None:
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def _print_results(stage: str, results: List[Dict[str, float]]) -> None:
+    for index, metrics in enumerate(results):
+        if not metrics:
+            continue
+        title = f"{stage} results" + (f" (dataloader {index})" if len(results) > 1 else "")
+        width = max(len(k) for k in metrics)
+        lines = [title, "-" * (width + 16)] + [f"{k:<{width}}  {v:.6g}" for k, v in sorted(metrics.items())]
+        print("\n".join(lines))
+

@@ -1,0 +1,58 @@
+"""Walk nested batches (dicts, lists, tuples, namedtuples, dataclasses) applying a function."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import torch
+
+
+def apply_to_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    if isinstance(data, torch.Tensor):
+        return fn(data)
+    if isinstance(data, dict):
+        out = {k: apply_to_tensors(v, fn) for k, v in data.items()}
+        if type(data) is dict:
+            return out
+        try:
+            return type(data)(out)
+        except TypeError:  # e.g. defaultdict: keep the values, lose the subclass
+            return out
+    if isinstance(data, tuple) and hasattr(data, "_fields"):  # namedtuple
+        return type(data)(*(apply_to_tensors(v, fn) for v in data))
+    if isinstance(data, (list, tuple)):
+        return type(data)(apply_to_tensors(v, fn) for v in data)
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        changes = {
+            f.name: apply_to_tensors(getattr(data, f.name), fn)
+            for f in dataclasses.fields(data)
+            if f.init
+        }
+        return dataclasses.replace(data, **changes)
+    return data
+
+
+def move_data_to_device(data: Any, device: torch.device) -> Any:
+    """Move every tensor of a batch to ``device``; non-blocking where the copy can overlap."""
+    non_blocking = device.type in ("cuda", "xla")
+    return apply_to_tensors(data, lambda t: t.to(device, non_blocking=non_blocking))
+
+
+def first_batch_size(data: Any) -> int | None:
+    """Size of dimension 0 of the first tensor found; no device sync (shape is host data)."""
+    if isinstance(data, torch.Tensor):
+        return int(data.shape[0]) if data.dim() > 0 else 1
+    if isinstance(data, dict):
+        values = data.values()
+    elif isinstance(data, (list, tuple)):
+        values = data
+    elif dataclasses.is_dataclass(data) and not isinstance(data, type):
+        values = [getattr(data, f.name) for f in dataclasses.fields(data)]
+    else:
+        return None
+    for value in values:
+        size = first_batch_size(value)
+        if size is not None:
+            return size
+    return None

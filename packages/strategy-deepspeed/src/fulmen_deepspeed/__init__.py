@@ -1,0 +1,3 @@
+"""DeepSpeed ZeRO strategies for fulmen."""
+
+__version__ = "0.1.0"

@@ -27,6 +27,10 @@ PRECISION_ALIASES = {
 }
 
 
+# What ``plugins=`` may hold besides hook-implementing objects and names.
+STRATEGY_PARTS = (Precision, CheckpointIO, ClusterEnvironment)
+
+
 @dataclass
 class SortedPlugins:
     precision: Optional[Precision] = None
@@ -56,6 +60,11 @@ def sort_plugins(plugins: Optional[Sequence[Any]], registry: Registry) -> Sorted
 
 
 def _plugin_by_name(name: str, registry: Registry) -> Any:
+    from fulmen.plugins import discovery
+
+    if name in discovery.records():
+        # An installed plugin asked for by name: load it or raise with the recorded reason.
+        return discovery.require(name)
     for kind in ("checkpoint_io", "environment", "precision"):
         if name in registry.tables[kind]:
             return registry.create(kind, name)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fulmen.errors import FulmenConfigError
-from fulmen.fabric.connector import resolve_strategy
+from fulmen.fabric.connector import STRATEGY_PARTS, resolve_strategy
 from fulmen.fabric.wrappers import DeviceDataLoader, FabricModule, FabricOptimizer
 from fulmen.plugins import manager as plugin_manager
 from fulmen.strategies.base import Strategy
@@ -37,7 +37,11 @@ class Fabric:
         allow_plugins: Optional[Sequence[str]] = None,
         deny_plugins: Optional[Sequence[str]] = None,
     ) -> None:
-        self._plugin_set = plugin_manager.build(allow=allow_plugins, deny=deny_plugins)
+        # Objects that implement hooks join the manager before the registry is built, so
+        # their registration hooks count; strategy parts and names are resolved after.
+        hook_objects = [p for p in plugins or () if not isinstance(p, (str, *STRATEGY_PARTS))]
+        parts = [p for p in plugins or () if isinstance(p, (str, *STRATEGY_PARTS))]
+        self._plugin_set = plugin_manager.build(allow=allow_plugins, deny=deny_plugins, explicit=hook_objects)
         self._registry = self._plugin_set.registry
         self._strategy, hook_plugins = resolve_strategy(
             self._registry,
@@ -46,10 +50,11 @@ class Fabric:
             devices=devices,
             num_nodes=num_nodes,
             precision=precision,
-            plugins=plugins,
+            plugins=parts,
         )
-        for plugin in hook_plugins:
-            self._plugin_set.manager.register(plugin)
+        for plugin in hook_plugins:  # plugin modules asked for by name
+            if not self._plugin_set.manager.is_registered(plugin):
+                self._plugin_set.manager.register(plugin)
         self._callbacks = _as_list(callbacks)
         self._loggers = _resolve_loggers(loggers, self._registry)
         self._launched = False

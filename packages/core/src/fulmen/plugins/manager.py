@@ -134,6 +134,7 @@ def build(
         plugin = discovery.load(record)
         if plugin is None:
             _mark_unavailable(registry, record, record.reason)
+            registry.failed_plugins[record.name] = record.reason
             continue
         if pm.is_registered(plugin):
             continue

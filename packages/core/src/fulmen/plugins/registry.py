@@ -71,6 +71,8 @@ class Registry:
     tables: Dict[str, Dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
     # plugin name → reason it could not be used (failed import, incompatible, disabled)
     unavailable: Dict[str, str] = field(default_factory=dict)
+    # plugin name → why it failed or is incompatible (disabled plugins are not listed)
+    failed_plugins: Dict[str, str] = field(default_factory=dict)
     # distribution → version, for plugins that loaded
     loaded_distributions: Dict[str, str] = field(default_factory=dict)
 
@@ -140,4 +142,8 @@ class Registry:
                     f" {name!r} is provided by an official package that is not installed: "
                     f"pip install '{requirement}'"
                 )
+        broken = {plugin: reason for plugin, reason in self.failed_plugins.items()}
+        if broken and requirement is None:
+            listed = "; ".join(f"{plugin}: {reason}" for plugin, reason in sorted(broken.items()))
+            message += f" Plugins that could not be used and may provide it: {listed}"
         return message

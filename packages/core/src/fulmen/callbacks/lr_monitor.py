@@ -44,9 +44,9 @@ class LearningRateMonitor(Callback):
             if self.log_momentum:
                 momentum = group.get("momentum", group.get("betas", (None,))[0])
                 if momentum is not None:
-                    stats[name.replace("lr-", "momentum-", 1)] = float(momentum)
+                    stats[f"{name}-momentum"] = float(momentum)  # Lightning's name; never collides with lr
             if self.log_weight_decay and "weight_decay" in group:
-                stats[name.replace("lr-", "weight_decay-", 1)] = float(group["weight_decay"])
+                stats[f"{name}-weight_decay"] = float(group["weight_decay"])
         return stats
 
     def _wanted(self, trainer, interval: str) -> bool:

@@ -150,6 +150,9 @@ class ModelCheckpoint(Callback):
         metrics.setdefault("epoch", torch.tensor(trainer.current_epoch))
         metrics.setdefault("step", torch.tensor(trainer.global_step))
         self._last_global_step_saved = trainer.global_step
+        if self.save_last:
+            # Set before writing: every file written now holds it in its callback state.
+            self.last_model_path = str(Path(self.dirpath) / (self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION))
         if self.save_top_k != 0:
             if self.monitor is None:
                 self._save_latest(trainer, metrics)
@@ -184,8 +187,9 @@ class ModelCheckpoint(Callback):
             if self.verbose:
                 trainer.print(f"epoch {trainer.current_epoch}, step {trainer.global_step}: {self.monitor} was not in top {self.save_top_k}")
             return
-        path = self._unique_path(self._format_name(metrics))
-        self._write(trainer, path)
+        path = self._unique_path(self._format_name(metrics), trainer)
+        # Rank first, then write: the file's own callback state must already count it
+        # (Lightning's order), or a resume from this file forgets it and exceeds top-k.
         self.best_k_models[path] = score
         removed = None
         if self.save_top_k != -1 and len(self.best_k_models) > self.save_top_k:
@@ -195,6 +199,7 @@ class ModelCheckpoint(Callback):
         self.best_model_path = ordered[0]
         self.best_model_score = torch.tensor(self.best_k_models[ordered[0]])
         self.kth_best_model_path = ordered[-1]
+        self._write(trainer, path)
         if removed is not None and removed != path:
             self._remove(trainer, removed)  # only after the new file is durable
         if self.verbose:
@@ -206,13 +211,15 @@ class ModelCheckpoint(Callback):
     def _save_latest(self, trainer, metrics: Dict[str, Any]) -> None:
         path = self._format_name(metrics)
         previous = self.best_model_path
-        if previous and previous == path:
-            path = self._unique_path(path)
-        self._write(trainer, path)
+        if (previous and previous == path) or self._exists(trainer, path):
+            # Never overwrite a file this run did not write (e.g. an earlier run's): "-v1".
+            path = self._unique_path(path, trainer)
+        # Set before writing, because it is part of the state the file holds.
         if self.save_top_k == -1:
             self.best_k_models[path] = float(trainer.global_step)
         self.best_model_path = path
         self.kth_best_model_path = path
+        self._write(trainer, path)
         if self.save_top_k == 1 and previous and previous != path:
             self._remove(trainer, previous)
 
@@ -246,9 +253,14 @@ class ModelCheckpoint(Callback):
         name = format_checkpoint_name(template, metrics, self.auto_insert_metric_name)
         return str(Path(self.dirpath) / (name + self.FILE_EXTENSION))
 
-    def _unique_path(self, path: str) -> str:
+    @staticmethod
+    def _exists(trainer, path: str) -> bool:
+        # Rank zero's answer for all: another rank may look after rank zero wrote the file.
+        return bool(trainer.strategy.broadcast(Path(path).exists()))
+
+    def _unique_path(self, path: str, trainer) -> str:
         candidate, version = path, 1
-        while Path(candidate).exists() or candidate in self.best_k_models:
+        while candidate in self.best_k_models or self._exists(trainer, candidate):
             stem = path[: -len(self.FILE_EXTENSION)]
             candidate = f"{stem}-v{version}{self.FILE_EXTENSION}"
             version += 1

@@ -82,7 +82,7 @@ class ProgressBar(Callback):
         if not trainer.is_global_zero:
             return
         total = sum(self._total(t) or 0 for t in totals) or None
-        self._eval_bar = self._tqdm(total=total, desc=desc, leave=self.leave and not trainer.training, unit="it")
+        self._eval_bar = self._tqdm(total=total, desc=desc, leave=self.leave and trainer.state != "fitting", unit="it")
 
     def _advance_eval(self) -> None:
         if self._eval_bar is not None:

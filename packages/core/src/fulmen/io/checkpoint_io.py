@@ -59,13 +59,20 @@ class TorchCheckpointIO(CheckpointIO):
         try:
             return torch.load(path, map_location=map_location or "cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
+            if not zipfile.is_zipfile(path):
+                # Not even an archive: random bytes, not a smuggled object.
+                raise FulmenCheckpointError(
+                    f"cannot read checkpoint {str(path)!r}: it is not a torch checkpoint "
+                    f"(UnpicklingError: {str(exc).splitlines()[0][:200]})"
+                ) from None
             raise FulmenCheckpointError(
                 f"refusing to load {str(path)!r}: it contains objects that are not plain data "
                 f"({exc}). fulmen loads checkpoints with weights_only=True so that a file "
                 "cannot run code; if you trust this file, load it yourself with "
                 "torch.load(path, weights_only=False) and save its tensors again"
             ) from None
-        except (RuntimeError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, IndexError, TypeError) as exc:
+            # Corrupted bytes surface as many error types (UnicodeDecodeError is a ValueError).
             raise FulmenCheckpointError(
                 f"cannot read checkpoint {str(path)!r}: it is truncated, corrupted or not a "
                 f"torch checkpoint ({type(exc).__name__}: {exc})"

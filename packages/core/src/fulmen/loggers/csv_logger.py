@@ -88,7 +88,9 @@ class CSVLogger(Logger):
         if new_keys or not path.exists():
             # A wider header means rewriting the file; old rows get empty cells.
             old_rows = _read_rows(path) if path.exists() else []
-            self._header = ["step"] + sorted((set(self._header) - {"step"}) | set(new_keys))
+            # Columns already in the file stay (a logger reusing a version starts with no header).
+            old_keys = {k for row in old_rows for k in row if k is not None}
+            self._header = ["step"] + sorted((set(self._header) | old_keys | set(new_keys)) - {"step"})
             with atomic_open(path) as handle:
                 text = _render(self._header, old_rows + self._rows, with_header=True)
                 handle.write(text.encode())

@@ -27,6 +27,10 @@ class _TrueDtypePrecision(Precision):
     def module_init_context(self) -> ContextManager:
         return _default_dtype(self.dtype)
 
+    def forward_context(self) -> ContextManager:
+        # As in Lightning: tensors made inside the step (zero states, masks) match the params.
+        return _default_dtype(self.dtype)
+
 
 @contextlib.contextmanager
 def _default_dtype(dtype: torch.dtype) -> Iterator[None]:

@@ -8,13 +8,14 @@ importing plugin modules, is still done once per process by ``discovery``.
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import pluggy
 
 from fulmen import hookspecs
-from fulmen.errors import FulmenUserCodeError
+from fulmen.errors import FulmenPluginWarning, FulmenUserCodeError
 from fulmen.plugins import discovery
 from fulmen.plugins.registry import KINDS, Registry
 
@@ -95,9 +96,13 @@ class PluginSet:
 def _run_registrations(pm: FulmenPluginManager, registry: Registry, dist_of: Dict[str, Any]):
     for hook_name, kind in _REGISTRATION_KIND.items():
         caller = getattr(pm.hook, hook_name)
-        # Call each implementation on its own so every name is attributed to its plugin.
-        # pluggy keeps implementations last-registered-first; registration order is wanted.
-        for impl in reversed(caller.get_hookimpls()):
+        # Call each implementation on its own so every name is attributed to its plugin, in
+        # the order the plugins were registered (built-ins, then discovery order), so that
+        # on a name collision the first one is kept. pluggy's own list is arranged for its
+        # calls (it calls from the end, tryfirst/trylast move entries), hence the sort.
+        order = {name: i for i, (name, _) in enumerate(pm.list_name_plugin())}
+        impls = sorted(caller.get_hookimpls(), key=lambda impl: order.get(impl.plugin_name, len(order)))
+        for impl in impls:
             plugin_name = impl.plugin_name
             record = dist_of.get(plugin_name)
             dist = record.distribution if record is not None else None
@@ -141,9 +146,19 @@ def build(
         try:
             pm.register(plugin, name=record.name)
         except (pluggy.PluginValidationError, ValueError) as exc:
+            first_time = record.status != discovery.FAILED
             record.status = discovery.FAILED
             record.reason = f"its hooks do not match fulmen's hook specifications: {exc}"
             _mark_unavailable(registry, record, record.reason)
+            registry.failed_plugins[record.name] = record.reason
+            if first_time:  # like a failed import: warn once per process, never crash
+                warnings.warn(
+                    f"fulmen plugin {record.name!r} from {record.distribution or 'unknown'} is "
+                    f"skipped: {record.reason}. Fix: upgrade {record.distribution or 'the plugin'}, "
+                    f"or deny it with FULMEN_PLUGINS_DENY={record.name}",
+                    FulmenPluginWarning,
+                    stacklevel=4,
+                )
             continue
         by_plugin[record.name] = record
         if record.distribution:

@@ -41,6 +41,7 @@ class Fabric:
         # their registration hooks count; strategy parts and names are resolved after.
         hook_objects = [p for p in plugins or () if not isinstance(p, (str, *STRATEGY_PARTS))]
         parts = [p for p in plugins or () if isinstance(p, (str, *STRATEGY_PARTS))]
+        hook_objects += requested_plugins(parts, allow_plugins, deny_plugins)
         self._plugin_set = plugin_manager.build(allow=allow_plugins, deny=deny_plugins, explicit=hook_objects)
         self._registry = self._plugin_set.registry
         self._strategy, hook_plugins = resolve_strategy(
@@ -255,6 +256,27 @@ class Fabric:
 
     def seed_everything(self, seed: Optional[int] = None, workers: bool = False) -> int:
         return _seed_everything(seed, workers=workers)
+
+
+def requested_plugins(names: Sequence[Any], allow: Any, deny: Any) -> List[Any]:
+    """Entry-point plugins named in ``plugins=``: loaded even when autoload is off or they
+    are outside the allow list (the user asked for them), but never past the deny list."""
+    from fulmen.errors import FulmenPluginError
+    from fulmen.plugins import discovery
+
+    found = []
+    records = discovery.records()
+    _, deny_set = discovery.effective_lists(allow, deny)
+    for name in names:
+        if not isinstance(name, str) or name not in records:
+            continue
+        if discovery.is_listed(records[name], deny_set):
+            raise FulmenPluginError(
+                f"plugins=[{name!r}] asks for a plugin that is denied (FULMEN_PLUGINS_DENY or "
+                "deny_plugins=); remove it from the deny list or from plugins="
+            )
+        found.append(discovery.require(name))
+    return found
 
 
 def _as_list(value: Any) -> List[Any]:

@@ -164,7 +164,7 @@ def autoload_disabled() -> bool:
     return os.environ.get(ENV_DISABLE_AUTOLOAD, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def _matches(record: PluginRecord, names: Optional[set]) -> bool:
+def is_listed(record: PluginRecord, names: Optional[set]) -> bool:
     if not names:
         return False
     canonical = {canonicalize_name(n) for n in names}
@@ -177,11 +177,11 @@ def disabled_reason(
     record: PluginRecord, allow: Optional[set], deny: Optional[set]
 ) -> Optional[str]:
     """Why this plugin is switched off for a Trainer with this allow/deny list, or None."""
-    if _matches(record, deny):
+    if is_listed(record, deny):
         return "denied by the deny list (FULMEN_PLUGINS_DENY or deny_plugins=)"
-    if allow is not None and not _matches(record, allow):
+    if allow is not None and not is_listed(record, allow):
         return "not in the allow list (FULMEN_PLUGINS_ALLOW or allow_plugins=)"
-    if autoload_disabled() and not _matches(record, allow):
+    if autoload_disabled() and not is_listed(record, allow):
         return f"{ENV_DISABLE_AUTOLOAD} is set; name the plugin in FULMEN_PLUGINS_ALLOW to load it"
     return None
 

@@ -142,6 +142,19 @@ class Module(HookCarrier, nn.Module):
             )
         self.trainer._backward(loss, *args, **kwargs)
 
+    def clip_gradients(self, optimizer: Any, gradient_clip_val: Optional[float] = None, gradient_clip_algorithm: Optional[str] = None) -> None:
+        """Clip ``optimizer``'s gradients through the strategy (for manual optimization), by
+        norm (the default) or by value, as Lightning's ``LightningModule.clip_gradients``."""
+        if not gradient_clip_val:
+            return
+        raw = getattr(optimizer, "optimizer", optimizer)  # a FabricOptimizer or a torch optimizer
+        if gradient_clip_algorithm not in (None, "norm", "value"):
+            raise FulmenConfigError(f"gradient_clip_algorithm={gradient_clip_algorithm!r}; use 'norm' or 'value'")
+        if gradient_clip_algorithm == "value":
+            self.trainer.strategy.clip_gradients_value(self, raw, gradient_clip_val)
+        else:
+            self.trainer.strategy.clip_gradients_norm(self, raw, gradient_clip_val)
+
     def toggle_optimizer(self, optimizer: Any) -> None:
         """Freeze every parameter that ``optimizer`` does not own (GAN-style alternation)."""
         owned = {id(p) for group in optimizer.param_groups for p in group["params"]}

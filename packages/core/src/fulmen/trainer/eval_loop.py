@@ -40,6 +40,7 @@ def run_evaluation(trainer, stage: str, loaders: List[Any], limits: List[float])
     metrics.multiple_dataloaders = len(loaders) > 1
     predictions: List[List[Any]] = []
     grad_context = torch.inference_mode if trainer.inference_mode else torch.no_grad
+    trainer._evaluating = True
     try:
         with grad_context():
             trainer._call(f"on_{prefix}_start")
@@ -75,6 +76,7 @@ def run_evaluation(trainer, stage: str, loaders: List[Any], limits: List[float])
                 trainer._log_to_loggers(logged)
             trainer._call(f"on_{prefix}_end")
     finally:
+        trainer._evaluating = False
         metrics.multiple_dataloaders = False
         metrics.dataloader_idx = None
         metrics.stage, metrics.phase = "train", "train_step"

@@ -137,9 +137,17 @@ def manual_step(trainer, batch: Any, batch_idx: int) -> Any:
     return output
 
 
-def step_schedulers(trainer, interval: str) -> None:
+def step_schedulers(trainer, interval: str, plateau: Optional[bool] = None) -> None:
+    """``plateau``: only ReduceLROnPlateau (True), only the others (False), or all (None).
+
+    Lightning's order for ``interval="epoch"``: the others step after the epoch's last batch,
+    before the epoch-end validation, so the checkpoint written there holds the stepped
+    scheduler; ReduceLROnPlateau steps after the epoch, once the metric it watches exists.
+    """
+    if not trainer.module.automatic_optimization:
+        return  # manual optimization steps its own schedulers (self.lr_schedulers()), as in Lightning
     for config in trainer.lr_scheduler_configs:
-        if config.interval != interval:
+        if config.interval != interval or (plateau is not None and config.needs_metric != plateau):
             continue
         count = trainer.global_step if interval == "step" else trainer.current_epoch + 1
         if count % config.frequency != 0:
@@ -160,14 +168,22 @@ def step_schedulers(trainer, interval: str) -> None:
 
 
 def _val_due_in_epoch(trainer, batch_idx: int, last: bool) -> bool:
+    """Lightning's rule: every ``interval`` batches (not forced on the epoch's last batch, so
+    ``val_check_interval=3`` over 8 batches validates twice), and once more when a granted
+    ``should_stop`` ends training early, so the last state is validated (and checkpointed)."""
+    if not trainer._has_validation:
+        return False
+    every_n = trainer.check_val_every_n_epoch
+    if every_n is not None and (trainer.current_epoch + 1) % every_n != 0:
+        return False
+    if trainer._stop_granted():
+        return True
     interval = trainer._val_check_batches
-    if interval is None or not trainer._has_validation:
-        return False
-    if trainer.check_val_every_n_epoch is None:
+    if interval is None:
+        return last  # an unsized (iterable) epoch: validate when its data ends
+    if every_n is None:
         return trainer._progress.total_batches % interval == 0
-    if (trainer.current_epoch + 1) % trainer.check_val_every_n_epoch != 0:
-        return False
-    return (batch_idx + 1) % interval == 0 or last
+    return (batch_idx + 1) % interval == 0
 
 
 def run_training_epoch(trainer) -> None:
@@ -179,10 +195,18 @@ def run_training_epoch(trainer) -> None:
     start = progress.batch_idx
     iterator = trainer._train_iterator(start)
     batch_idx = start
+    exhausted = False
     while batch_idx < limit:
         try:
             batch = next(iterator)
         except StopIteration:
+            # The data ran out before ``limit`` (an iterable dataset without a length): the
+            # epoch is over. Without this the next epoch resumed "mid-epoch" forever.
+            exhausted = True
+            if batch_idx > start:
+                step_schedulers(trainer, "epoch", plateau=False)
+            if limit == math.inf and batch_idx > start and _val_due_in_epoch(trainer, batch_idx - 1, True):
+                trainer._run_validation()
             break
         last = batch_idx + 1 >= limit
         metrics.stage, metrics.phase = "train", "train_step"
@@ -196,17 +220,28 @@ def run_training_epoch(trainer) -> None:
                 step_schedulers(trainer, "step")
         else:
             output = manual_step(trainer, batch, batch_idx)
+        # Count the batch as consumed before on_train_batch_end and the epoch-end validation:
+        # a checkpoint written there (every_n_train_steps, the usual ModelCheckpoint) must
+        # resume with the next batch or epoch, not repeat this batch or an empty epoch rest.
+        progress.batch_idx = batch_idx + 1
+        progress.epoch_complete = progress.batch_idx >= limit
+        progress.total_batches += 1
         trainer._call("on_train_batch_end", outputs=detached_outputs(output), batch=batch, batch_idx=batch_idx)
         batch_idx += 1
-        progress.batch_idx = batch_idx
-        progress.total_batches += 1
-        if progress.total_batches % trainer.log_every_n_steps == 0 or trainer.should_stop or last:
+        if automatic:
+            # Lightning counts optimizer steps: micro-batches that only accumulate log no rows.
+            log_due = stepped and progress.global_step % trainer.log_every_n_steps == 0
+        else:
+            log_due = progress.total_batches % trainer.log_every_n_steps == 0
+        if log_due or trainer.should_stop or last:
             trainer._log_step_metrics()
+        if last:
+            step_schedulers(trainer, "epoch", plateau=False)
         if _val_due_in_epoch(trainer, batch_idx - 1, last):
             trainer._run_validation()
         if trainer._max_steps_reached() or trainer._stop_granted():
             break
-    progress.epoch_complete = batch_idx >= limit
+    progress.epoch_complete = batch_idx >= limit or exhausted
 
 
 def run_fit(trainer) -> None:
@@ -227,7 +262,7 @@ def run_fit(trainer) -> None:
         metrics.reduce_epoch("train")  # so callbacks see epoch aggregates in the hook
         trainer._call("on_train_epoch_end")
         trainer._log_to_loggers(metrics.reduce_epoch("train"))
-        step_schedulers(trainer, "epoch")
+        step_schedulers(trainer, "epoch", plateau=True)
         for logger in trainer.loggers:
             logger.save()
         if progress.epoch_complete:

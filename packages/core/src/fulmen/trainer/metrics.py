@@ -131,13 +131,14 @@ class MetricStore:
                 import numpy as np
 
                 if isinstance(value, np.generic):
-                    return torch.tensor(float(value))
+                    return torch.tensor(float(value), dtype=torch.float32)
             except ImportError:
                 pass
             raise FulmenUserCodeError(
                 f"self.log({name!r}) got a {type(value).__name__}; log a number or a scalar tensor"
             )
-        return torch.tensor(float(value))
+        # float32 explicitly: inside a bf16-true step the default dtype is bfloat16.
+        return torch.tensor(float(value), dtype=torch.float32)
 
     @staticmethod
     def _accumulate(metric: _Metric, value: torch.Tensor, size: float) -> None:
@@ -175,8 +176,10 @@ class MetricStore:
 
     def _update_progress_bar(self, names, values) -> None:
         for name, value in zip(names, values):
-            if self._metrics[name].prog_bar:
-                self.progress_bar_metrics[name] = value
+            metric = self._metrics[name]
+            if metric.prog_bar:
+                # Forked like the logger's name (Lightning): the epoch value goes under _epoch.
+                self.progress_bar_metrics[name + "_step" if metric.on_epoch else name] = value
 
     def reduce_epoch(self, stage: str) -> Dict[str, float]:
         """Epoch values of ``stage``; fills callback metrics and returns the logger's floats."""

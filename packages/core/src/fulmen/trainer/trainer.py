@@ -126,6 +126,7 @@ class Trainer:
         self.should_stop = False
         self.state = "initializing"
         self.sanity_checking = False
+        self._evaluating = False  # inside an evaluation loop (also validation during fit)
         self.num_training_batches: Union[int, float] = 0
         self.num_val_batches: List[Union[int, float]] = []
         self._train_loader = None
@@ -227,7 +228,12 @@ class Trainer:
 
     @property
     def training(self) -> bool:
-        return self.state == "fitting" and not self.sanity_checking
+        # Lightning: False while fit's validation loop runs (trainer.validating is True then).
+        return self.state == "fitting" and not self.sanity_checking and not self._evaluating
+
+    @property
+    def validating(self) -> bool:
+        return self._evaluating and self.state in ("fitting", "validating") and not self.sanity_checking
 
     @property
     def estimated_stepping_batches(self) -> float:
@@ -387,7 +393,7 @@ class Trainer:
             loaders = [self._train_loader.dataloader]  # overfit: validate on the same batches
         else:
             loaders = data_utils.find_loaders("val", explicit, self.datamodule, self.module) if has_step else []
-        if loaders and not has_step:
+        if explicit is not None and not has_step:
             warnings.warn("validation data was given but the module has no validation_step; skipping validation", FulmenWarning, stacklevel=4)
         self._set_eval_loaders("val", loaders, self.limit_val_batches)
         self._has_validation = bool(self._val_loaders) and any(n != 0 for n in self.num_val_batches)

@@ -1,0 +1,63 @@
+"""Turning SIGTERM/SIGUSR1 into "finish this step, save, exit (and requeue)".
+
+Schedulers announce the end of a job with a signal: Kubernetes and most launchers send
+SIGTERM, SLURM sends what ``--signal=USR1@90`` asks for. The handler only records the
+signal; the Trainer acts at the next batch boundary, where the state is consistent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from typing import Dict, Optional
+
+# EX_TEMPFAIL from sysexits.h: "temporary failure, the user is invited to retry".
+PREEMPTED_EXIT_CODE = 75
+PREEMPTION_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name)
+)
+
+
+class PreemptionHandler:
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self._previous: Dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for sig in PREEMPTION_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
+    def signal_name(self) -> str:
+        return signal.Signals(self.received).name if self.received is not None else ""
+
+
+def requeue_slurm_job() -> Optional[str]:
+    """Ask SLURM to requeue this batch job; returns what happened, or None if not SLURM."""
+    job_id = os.environ.get("SLURM_ARRAY_JOB_ID") and (
+        f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    ) or os.environ.get("SLURM_JOB_ID")
+    if not job_id or os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return None
+    try:
+        result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"scontrol requeue {job_id} failed: {exc}"
+    if result.returncode != 0:
+        return f"scontrol requeue {job_id} failed: {result.stderr.strip()}"
+    return f"requeued SLURM job {job_id}"

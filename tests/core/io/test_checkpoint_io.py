@@ -91,16 +91,27 @@ class _CreatesMarker:
         return (open, (self.path, "w"))
 
 
-def test_pickled_object_is_refused_and_never_runs(tmp_path):
+def _save_with_valid_footer(obj, path):
+    """What an attacker can do: the checksum guards against damage, not against forgery."""
+    from fulmen.io.integrity import HashingWriter
+
+    with open(path, "wb") as handle:
+        writer = HashingWriter(handle)
+        torch.save(obj, writer)
+        handle.write(writer.footer())
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_pickled_object_is_refused_and_never_runs(tmp_path, verify):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {}, "payload": _CreatesMarker(str(marker))}, path)
+    _save_with_valid_footer({"state_dict": {}, "payload": _CreatesMarker(str(marker))}, path)
     assert not marker.exists()
 
     with pytest.raises(FulmenCheckpointError, match="refusing to load") as info:
-        TorchCheckpointIO().load_checkpoint(path)
+        TorchCheckpointIO(verify=verify).load_checkpoint(path)
     assert str(path) in str(info.value)
-    assert "weights_only" in str(info.value)
+    assert "weights_only" in str(info.value) and "safe_globals" in str(info.value)
     assert not marker.exists()
 
     # Control: the payload is real, an unsafe load would have run it.
@@ -108,12 +119,35 @@ def test_pickled_object_is_refused_and_never_runs(tmp_path):
     assert marker.exists()
 
 
+class TrustedConfig:
+    def __init__(self, depth=3):
+        self.depth = depth
+
+
+def test_safe_globals_is_the_explicit_opt_in_for_trusted_classes(tmp_path):
+    path = tmp_path / "custom.ckpt"
+    TorchCheckpointIO().save_checkpoint({"config": TrustedConfig(5)}, path)
+    with pytest.raises(FulmenCheckpointError, match="TrustedConfig"):
+        TorchCheckpointIO().load_checkpoint(path)
+    loaded = TorchCheckpointIO(safe_globals=[TrustedConfig]).load_checkpoint(path)
+    assert isinstance(loaded["config"], TrustedConfig) and loaded["config"].depth == 5
+
+
+def test_plain_torch_save_file_needs_verify_false(tmp_path):
+    path = tmp_path / "plain.ckpt"
+    torch.save({"w": torch.ones(2)}, path)
+    with pytest.raises(FulmenCheckpointError, match="no fulmen integrity footer") as info:
+        TorchCheckpointIO().load_checkpoint(path)
+    assert "verify=False" in str(info.value)
+    assert torch.equal(TorchCheckpointIO(verify=False).load_checkpoint(path)["w"], torch.ones(2))
+
+
 def test_module_load_from_checkpoint_refuses_pickled_object(tmp_path):
     from helpers import BoringModule
 
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": BoringModule().state_dict(), "hyper_parameters": {}, "x": _CreatesMarker(str(marker))}, path)
+    _save_with_valid_footer({"state_dict": BoringModule().state_dict(), "hyper_parameters": {}, "x": _CreatesMarker(str(marker))}, path)
     with pytest.raises(FulmenCheckpointError):
         BoringModule.load_from_checkpoint(path)
     assert not marker.exists()
@@ -140,7 +174,11 @@ def test_unreadable_files_raise_checkpoint_error_naming_the_file(tmp_path, kind)
     with pytest.raises(FulmenCheckpointError) as info:
         TorchCheckpointIO().load_checkpoint(path)
     assert str(path) in str(info.value)
-    assert "cannot read checkpoint" in str(info.value)
+    expected = {"empty": "is empty", "truncated": "no fulmen integrity footer"}.get(kind, "too short|no fulmen integrity footer")
+    assert __import__("re").search(expected, str(info.value))
+    # Without the footer check the torch reader still refuses with a clear message.
+    with pytest.raises(FulmenCheckpointError, match="cannot read checkpoint"):
+        TorchCheckpointIO(verify=False).load_checkpoint(path)
 
 
 def test_every_truncation_and_byte_flip_gives_checkpoint_error(tmp_path):
@@ -149,18 +187,16 @@ def test_every_truncation_and_byte_flip_gives_checkpoint_error(tmp_path):
     cases = [data[:n] for n in range(0, len(data), max(1, len(data) // 40))]
     for _ in range(60):
         corrupted = bytearray(data)
-        for _ in range(4):
-            corrupted[rng.randrange(len(corrupted))] = rng.randrange(256)
+        corrupted[rng.randrange(len(corrupted))] ^= 1 << rng.randrange(8)  # one flipped bit
         cases.append(bytes(corrupted))
     path = tmp_path / "bad.ckpt"
     io = TorchCheckpointIO()
     for content in cases:
         path.write_bytes(content)
-        try:
-            io.load_checkpoint(path)  # a flip inside tensor bytes may still load: fine
-        except FulmenCheckpointError as exc:
-            assert str(path) in str(exc)
-        # Any other exception type propagates and fails the test.
+        # The checksum catches every one, including flips inside tensor bytes.
+        with pytest.raises(FulmenCheckpointError) as info:
+            io.load_checkpoint(path)
+        assert str(path) in str(info.value)
 
 
 def test_directory_gives_sharded_checkpoint_message(tmp_path):

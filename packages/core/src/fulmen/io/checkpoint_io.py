@@ -6,16 +6,19 @@ somewhere must never be able to run code (pickle's ``__reduce__``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 
 from fulmen.errors import FulmenCheckpointError
+from fulmen.io import integrity
 from fulmen.io.atomic import atomic_write
+from fulmen.io.integrity import HashingWriter
 
 PathLike = Union[str, os.PathLike]
 
@@ -37,7 +40,17 @@ class CheckpointIO:
 
 
 class TorchCheckpointIO(CheckpointIO):
-    """``torch.save`` through an atomic, fsynced rename; ``torch.load(weights_only=True)``."""
+    """``torch.save`` through an atomic, fsynced rename with a SHA-256 footer;
+    ``torch.load(weights_only=True)`` after the footer was checked.
+
+    ``safe_globals`` is the opt-in for files that hold your own classes: list them and they
+    (and only they) may be rebuilt while loading. ``verify=False`` reads files that have no
+    fulmen footer (for example a plain ``torch.save`` from another tool).
+    """
+
+    def __init__(self, verify: bool = True, safe_globals: Optional[Sequence[Any]] = None) -> None:
+        self.verify = verify
+        self.safe_globals = list(safe_globals or ())
 
     def save_checkpoint(self, checkpoint: Dict[str, Any], path: PathLike, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:
@@ -45,7 +58,13 @@ class TorchCheckpointIO(CheckpointIO):
                 f"{type(self).__name__} takes no storage_options (got {storage_options!r}); "
                 "pass a CheckpointIO plugin that understands them"
             )
-        atomic_write(path, lambda handle: torch.save(checkpoint, handle))
+
+        def write(handle) -> None:
+            writer = HashingWriter(handle)
+            torch.save(checkpoint, writer)
+            handle.write(writer.footer())
+
+        atomic_write(path, write)
 
     def load_checkpoint(self, path: PathLike, map_location: Optional[Any] = None) -> Dict[str, Any]:
         path = Path(path)
@@ -56,8 +75,12 @@ class TorchCheckpointIO(CheckpointIO):
                 f"checkpoint {str(path)!r} is a directory; this is a sharded checkpoint that "
                 "needs the strategy that wrote it (for example fulmen-strategy-fsdp)"
             )
+        if self.verify:
+            integrity.verify(path)
+        allowed = torch.serialization.safe_globals(self.safe_globals) if self.safe_globals else contextlib.nullcontext()
         try:
-            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+            with allowed:
+                return torch.load(path, map_location=map_location or "cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             if not zipfile.is_zipfile(path):
                 # Not even an archive: random bytes, not a smuggled object.
@@ -67,9 +90,11 @@ class TorchCheckpointIO(CheckpointIO):
                 ) from None
             raise FulmenCheckpointError(
                 f"refusing to load {str(path)!r}: it contains objects that are not plain data "
-                f"({exc}). fulmen loads checkpoints with weights_only=True so that a file "
-                "cannot run code; if you trust this file, load it yourself with "
-                "torch.load(path, weights_only=False) and save its tensors again"
+                f"({_unsafe_detail(exc)}). fulmen loads checkpoints with weights_only=True "
+                "so that a file cannot run code. If you trust this file, allow its classes "
+                "explicitly: TorchCheckpointIO(safe_globals=[TheClass]) (Trainer(plugins=[...]) or "
+                "load_from_checkpoint(..., safe_globals=[...])), or load it yourself with "
+                "torch.load(path, weights_only=False)"
             ) from None
         except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, IndexError, TypeError) as exc:
             # Corrupted bytes surface as many error types (UnicodeDecodeError is a ValueError).
@@ -77,3 +102,12 @@ class TorchCheckpointIO(CheckpointIO):
                 f"cannot read checkpoint {str(path)!r}: it is truncated, corrupted or not a "
                 f"torch checkpoint ({type(exc).__name__}: {exc})"
             ) from None
+
+
+def _unsafe_detail(exc: BaseException) -> str:
+    """The line of torch's long message that names the class it refused."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "Unsupported global" in line or "GLOBAL" in line:
+            return line.replace("WeightsUnpickler error: ", "")[:300]
+    return (lines[-1] if lines else type(exc).__name__)[:300]

@@ -1,0 +1,182 @@
+"""Dataloaders whose position can be saved and restored exactly.
+
+A plain ``RandomSampler`` draws a fresh seed from the global RNG at every ``iter()``, so
+after a crash nobody knows which permutation the interrupted epoch used. fulmen swaps it for
+``ResumableRandomSampler``, whose order is a pure function of ``(seed, epoch)``, and counts
+the batches handed out. A checkpoint then records ``{seed, epoch, batches consumed}`` and a
+resumed run starts the same permutation at the next batch, without loading the skipped ones.
+
+Loaders that keep their own state (``state_dict``/``load_state_dict``, e.g. torchdata's
+``StatefulDataLoader``) are asked for it instead. A plain iterable dataset has no position to
+restore: on resume its first batches are drawn and dropped, which is exact only if the
+stream is deterministic; give it ``state_dict``/``load_state_dict`` to do better.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterator, Optional
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, Sampler, SequentialSampler
+
+from fulmen.errors import FulmenConfigError
+
+
+class ResumableRandomSampler(Sampler[int]):
+    """A shuffling sampler whose permutation is fixed by ``(seed, epoch)``.
+
+    ``set_epoch`` chooses the next pass's epoch (the Trainer and DistributedSampler users
+    call it); without it each pass takes the epoch after the previous one, so a Fabric loop
+    still gets a new order every pass, as with ``RandomSampler``.
+    """
+
+    def __init__(self, data_source: Any, seed: int) -> None:
+        self._length = len(data_source)
+        self.seed = int(seed)
+        self.epoch = 0  # the epoch of the next pass when set explicitly
+        self._explicit = False
+        self._next_auto = 0
+        self.pass_epoch: Optional[int] = None  # the epoch of the pass in progress
+        self.start_index = 0  # where the next pass begins (for mid-epoch resume)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self._explicit = True
+
+    @property
+    def next_epoch(self) -> int:
+        return self.epoch if self._explicit else self._next_auto
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self.next_epoch
+        self._explicit = False
+        self._next_auto = epoch + 1
+        self.pass_epoch = self.epoch = epoch
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        order = torch.randperm(self._length, generator=generator).tolist()
+        start, self.start_index = self.start_index, 0
+        return iter(order[start:])
+
+
+class _SkippableSequentialSampler(SequentialSampler):
+    start_index = 0
+
+    def __iter__(self) -> Iterator[int]:
+        start, self.start_index = self.start_index, 0
+        return iter(range(start, len(self.data_source)))
+
+
+def with_sampler(loader: DataLoader, sampler: Sampler, generator: Optional[torch.Generator] = None) -> DataLoader:
+    """The same DataLoader rebuilt around another sampler (keeping every other setting)."""
+    if not isinstance(loader, DataLoader):
+        raise FulmenConfigError(f"cannot change the sampler of a {type(loader).__name__}; pass a torch DataLoader")
+    if isinstance(loader.dataset, IterableDataset):
+        return loader
+    if loader.batch_size is None:
+        raise FulmenConfigError(
+            "this DataLoader uses a custom batch_sampler, which fulmen cannot re-seat; build it with "
+            "batch_size= and a sampler, or pass use_distributed_sampler=False / overfit_batches=0"
+        )
+    kwargs = dict(
+        dataset=loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=generator if generator is not None else loader.generator,
+        persistent_workers=loader.persistent_workers,
+    )
+    if loader.num_workers > 0:
+        kwargs["prefetch_factor"] = loader.prefetch_factor
+    try:
+        return type(loader)(**kwargs)
+    except TypeError as exc:
+        raise FulmenConfigError(
+            f"cannot rebuild {type(loader).__name__} with a new sampler ({exc}); subclasses must accept "
+            "DataLoader's keyword arguments"
+        ) from None
+
+
+def _draw_seed(generator: Optional[torch.Generator]) -> int:
+    return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item()) & 0x7FFFFFFF
+
+
+def make_resumable(loader: Any) -> Any:
+    """Replace a DataLoader's ``RandomSampler``/``SequentialSampler`` by resumable ones."""
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return loader
+    if loader.batch_size is None or not isinstance(loader.batch_sampler, BatchSampler):
+        return loader  # a custom batch sampler: its position is its own business
+    sampler = loader.sampler
+    if type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None:
+        new_sampler: Sampler = ResumableRandomSampler(loader.dataset, _draw_seed(sampler.generator or loader.generator))
+    elif type(sampler) is SequentialSampler:
+        new_sampler = _SkippableSequentialSampler(loader.dataset)
+    else:
+        return loader
+    # A private generator keeps iter() from drawing worker seeds from the global RNG,
+    # which would shift every random number after a resume.
+    generator = torch.Generator().manual_seed(getattr(new_sampler, "seed", 0))
+    return with_sampler(loader, new_sampler, generator=generator)
+
+
+class LoaderPosition:
+    """Counts batches of the current pass and restores a saved position on the next pass."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.consumed = 0
+        self._skip = 0
+        self._pending_state: Optional[Dict[str, Any]] = None
+
+    @property
+    def sampler(self) -> Any:
+        return getattr(self.loader, "sampler", None)
+
+    def _native(self) -> bool:
+        return callable(getattr(self.loader, "state_dict", None)) and callable(getattr(self.loader, "load_state_dict", None))
+
+    def begin_pass(self) -> int:
+        """Called right before ``iter(loader)``; returns how many batches to draw and drop."""
+        self.consumed = 0
+        skip, self._skip = self._skip, 0
+        if skip == 0:
+            return 0
+        sampler = self.sampler
+        if self._native():
+            self.consumed = skip
+            return 0
+        if hasattr(sampler, "start_index") and isinstance(getattr(self.loader, "batch_size", None), int):
+            sampler.start_index = skip * self.loader.batch_size
+            self.consumed = skip
+            return 0
+        self.consumed = skip
+        return skip  # no cheaper way: draw and drop
+
+    def state_dict(self) -> Dict[str, Any]:
+        state: Dict[str, Any] = {"batches_consumed": self.consumed}
+        sampler = self.sampler
+        if isinstance(sampler, ResumableRandomSampler):
+            in_pass = self.consumed > 0 and sampler.pass_epoch is not None
+            state["sampler"] = {"seed": sampler.seed, "epoch": sampler.pass_epoch if in_pass else sampler.next_epoch}
+        if self._native():
+            state["loader"] = self.loader.state_dict()
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self._skip = int(state.get("batches_consumed", 0))
+        sampler = self.sampler
+        saved = state.get("sampler")
+        if saved and isinstance(sampler, ResumableRandomSampler):
+            sampler.seed = int(saved["seed"])
+            sampler.set_epoch(int(saved["epoch"]))
+        if "loader" in state and self._native():
+            self.loader.load_state_dict(state["loader"])

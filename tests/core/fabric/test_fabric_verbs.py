@@ -186,7 +186,8 @@ def test_save_and_load_restore_in_place(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(restored, saved_momentum))
     # The file itself is plain data.
     raw = torch.load(path, weights_only=True)
-    assert set(raw) == {"model", "optimizer", "step"}
+    assert set(raw) == {"model", "optimizer", "step", "_fulmen"}  # _fulmen: RNG states and version
+    assert set(raw["_fulmen"]["rng"]) >= {"python", "torch"}
 
 
 def test_load_returns_entries_not_asked_for(tmp_path):

@@ -72,7 +72,8 @@ def register_environments(register):
 def register_checkpoint_io(register):
     from fulmen.io.checkpoint_io import TorchCheckpointIO
 
-    register("torch", TorchCheckpointIO, "torch.save with atomic rename; torch.load(weights_only=True)")
+    register("torch", TorchCheckpointIO, "torch.save with atomic rename and checksum; torch.load(weights_only=True)")
+    register("async", _lazy("fulmen.io.async_checkpoint_io:AsyncCheckpointIO"), "writes in a background thread; the loop only waits for the copy to host memory")
 
 
 @hookimpl
@@ -88,3 +89,4 @@ def register_callbacks(register):
     register("progress_bar", _lazy("fulmen.callbacks.progress_bar:ProgressBar"), "tqdm progress bar with prog_bar metrics")
     register("model_summary", _lazy("fulmen.callbacks.model_summary:ModelSummary"), "print a table of submodules and parameter counts")
     register("timer", _lazy("fulmen.callbacks.timer:Timer"), "track time and stop after a duration")
+    register("on_exception_checkpoint", _lazy("fulmen.callbacks.on_exception_checkpoint:OnExceptionCheckpoint"), "save a checkpoint when training raises")

@@ -144,6 +144,9 @@ class LoaderPosition:
     def _native(self) -> bool:
         return callable(getattr(self.loader, "state_dict", None)) and callable(getattr(self.loader, "load_state_dict", None))
 
+    def skip_next(self, batches: int) -> None:
+        self._skip = int(batches)
+
     def begin_pass(self) -> int:
         """Called right before ``iter(loader)``; returns how many batches to draw and drop."""
         self.consumed = 0

@@ -196,13 +196,15 @@ class Module(HookCarrier, nn.Module):
         checkpoint_path: Union[str, Path],
         map_location: Any = None,
         strict: bool = True,
+        safe_globals: Optional[List[Any]] = None,
         **kwargs: Any,
     ) -> "Module":
         """Rebuild the module from its saved hyperparameters (overridden by ``kwargs``) and
-        load its weights; the file is read with ``weights_only=True``."""
+        load its weights. The file is read with ``weights_only=True`` after its checksum was
+        verified; ``safe_globals`` lists classes you trust to be rebuilt from it."""
         from fulmen.io.checkpoint_io import TorchCheckpointIO
 
-        checkpoint = TorchCheckpointIO().load_checkpoint(checkpoint_path, map_location=map_location)
+        checkpoint = TorchCheckpointIO(safe_globals=safe_globals).load_checkpoint(checkpoint_path, map_location=map_location)
         if "state_dict" not in checkpoint:
             raise FulmenConfigError(
                 f"{checkpoint_path} has no 'state_dict' entry; it was not written by a fulmen "

@@ -20,7 +20,16 @@ from fulmen.plugins import manager as plugin_manager
 from fulmen.strategies.base import Strategy
 from fulmen.strategies.capabilities import SupportsNoBackwardSync
 from fulmen.utilities.apply import move_data_to_device
+from fulmen.utilities import rng
 from fulmen.utilities.seed import seed_everything as _seed_everything
+
+FABRIC_META_KEY = "_fulmen"
+
+
+def _fulmen_version() -> str:
+    from fulmen import __version__
+
+    return __version__
 
 
 class Fabric:
@@ -159,9 +168,13 @@ class Fabric:
         return wrapped[0] if len(wrapped) == 1 else wrapped
 
     def _setup_dataloader(self, dataloader: Any, use_distributed_sampler: bool, move_to_device: bool):
+        from fulmen.dataloading import make_resumable
+
         if use_distributed_sampler:
             dataloader = self._strategy.process_dataloader(dataloader)
-        return DeviceDataLoader(dataloader, self._strategy, move_to_device)
+        # A shuffled map-style loader gets a sampler whose order is fixed by (seed, epoch),
+        # so its position can be checkpointed and resumed exactly.
+        return DeviceDataLoader(make_resumable(dataloader), self._strategy, move_to_device)
 
     def to_device(self, obj: Any) -> Any:
         if isinstance(obj, nn.Module):
@@ -224,6 +237,10 @@ class Fabric:
         from fulmen.fabric.state import collect_state
 
         checkpoint = collect_state(state, self._strategy)
+        if FABRIC_META_KEY in checkpoint:
+            raise FulmenConfigError(f"{FABRIC_META_KEY!r} is reserved by fulmen; rename that entry of the state")
+        # Random streams travel with the state so that a resumed loop draws the same numbers.
+        checkpoint[FABRIC_META_KEY] = {"rng": rng.capture(), "fulmen_version": _fulmen_version()}
         self._strategy.save_checkpoint(checkpoint, path)
         self.barrier("fabric.save")
 
@@ -232,9 +249,13 @@ class Fabric:
         from fulmen.fabric.state import restore_state
 
         checkpoint = self._strategy.load_checkpoint(path)
+        meta = checkpoint.pop(FABRIC_META_KEY, None)
         if state is None:
             return checkpoint
-        return restore_state(checkpoint, state, self._strategy, strict=strict)
+        remainder = restore_state(checkpoint, state, self._strategy, strict=strict)
+        if meta is not None and "rng" in meta:
+            rng.restore(meta["rng"])
+        return remainder
 
     # ------------------------------------------------------------------ logging, callbacks
     def log(self, name: str, value: Any, step: Optional[int] = None) -> None:

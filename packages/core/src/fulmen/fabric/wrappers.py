@@ -4,7 +4,7 @@ strategy, so a Fabric script reads like plain PyTorch but runs under any precisi
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
@@ -94,25 +94,50 @@ class FabricOptimizer:
 
 
 class DeviceDataLoader:
-    """Iterates a DataLoader and moves each batch to the strategy's device."""
+    """Iterates a DataLoader, moves each batch to the strategy's device, and knows its place.
+
+    ``state_dict()`` records the sampler's seed and epoch and how many batches of the current
+    pass were handed out, so ``fabric.save({"loader": loader, ...})`` followed by
+    ``fabric.load`` continues with exactly the next batch (see ``fulmen.dataloading``).
+    """
 
     def __init__(self, dataloader: Any, strategy: Any, move_to_device: bool = True) -> None:
+        from fulmen.dataloading import LoaderPosition
+
         self.dataloader = dataloader
         self._strategy = strategy
         self._move = move_to_device
+        self.position = LoaderPosition(dataloader)
 
     def __len__(self) -> int:
         return len(self.dataloader)
 
     def __iter__(self) -> Iterator[Any]:
-        if not self._move:
-            yield from self.dataloader
-            return
-        to_device = self._strategy.batch_to_device
-        for batch in self.dataloader:
-            yield to_device(batch)
+        position = self.position
+        drop = position.begin_pass()
+        iterator = iter(self.dataloader)
+        for _ in range(drop):  # only for loaders that cannot seek (plain iterables)
+            if next(iterator, _END) is _END:
+                return
+        to_device = self._strategy.batch_to_device if self._move else None
+        for batch in iterator:
+            position.consumed += 1
+            yield to_device(batch) if to_device is not None else batch
+
+    def skip_next(self, batches: int) -> None:
+        """Start the next pass ``batches`` into it (mid-epoch resume)."""
+        self.position.skip_next(batches)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return self.position.state_dict()
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.position.load_state_dict(state)
 
     def __getattr__(self, name: str) -> Any:
-        if name == "dataloader":
+        if name in ("dataloader", "position"):
             raise AttributeError(name)
         return getattr(self.dataloader, name)
+
+
+_END = object()

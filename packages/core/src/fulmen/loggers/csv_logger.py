@@ -107,11 +107,22 @@ class CSVLogger(Logger):
         return {"version": self.version}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continue the same version's file. Rows logged after the checkpoint's step by the
+        run that crashed are dropped, because the resumed run logs those steps again."""
         self._version = state.get("version", self._version)
         path = self.metrics_file
-        if path.exists():
-            with open(path, newline="") as handle:
-                self._header = next(csv.reader(handle), [])
+        if not path.exists():
+            return
+        with open(path, newline="") as handle:
+            self._header = next(csv.reader(handle), [])
+        step = state.get("step")
+        if step is None:
+            return
+        rows = _read_rows(path)
+        kept = [row for row in rows if not row.get("step") or float(row["step"]) <= step]
+        if len(kept) != len(rows):
+            with atomic_open(path) as handle:
+                handle.write(_render(self._header, kept, with_header=True).encode())
 
 
 def _read_rows(path: Path) -> List[Dict[str, Any]]:

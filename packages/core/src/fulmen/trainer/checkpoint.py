@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+import warnings
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from fulmen.errors import FulmenCheckpointError, FulmenConfigError
+from fulmen.errors import FulmenCheckpointError, FulmenConfigError, FulmenWarning
+from fulmen.utilities import rng
 from fulmen.module import HPARAMS_KEY
 
 FORMAT_NAME = "fulmen.checkpoint"
@@ -29,6 +31,7 @@ class Progress:
     batch_idx: int = 0  # batches of the current epoch already consumed
     total_batches: int = 0  # across epochs (val_check_interval without epochs)
     epoch_complete: bool = False
+    validating: bool = False  # saved from inside a validation run (on_validation_end)
     resuming_mid_epoch: bool = False
 
     def state_dict(self) -> Dict[str, Any]:
@@ -47,6 +50,7 @@ class Progress:
             self.current_epoch += 1
             self.batch_idx = 0
         self.epoch_complete = False
+        self.validating = False
         self.resuming_mid_epoch = self.batch_idx > 0
 
 
@@ -72,7 +76,9 @@ def dump_checkpoint(trainer, weights_only: bool = False) -> Dict[str, Any]:
     if trainer.datamodule is not None and getattr(trainer.datamodule, "hparams", None):
         checkpoint["datamodule_hyper_parameters"] = dict(trainer.datamodule.hparams)
     if not weights_only:
-        checkpoint["loops"] = {"fit": trainer._progress.state_dict()}
+        progress = trainer._progress.state_dict()
+        progress["validating"] = bool(trainer.validating)
+        checkpoint["loops"] = {"fit": progress}
         checkpoint["optimizer_states"] = [
             trainer.strategy.optimizer_state_dict(opt.optimizer) for opt in trainer.optimizers
         ]
@@ -83,6 +89,12 @@ def dump_checkpoint(trainer, weights_only: bool = False) -> Dict[str, Any]:
         }
         if trainer.datamodule is not None and callable(getattr(trainer.datamodule, "state_dict", None)):
             checkpoint["datamodule"] = trainer.datamodule.state_dict()
+        if trainer._train_loader is not None:
+            checkpoint["train_dataloader"] = trainer._train_loader.state_dict()
+        checkpoint["rng"] = rng.capture()
+        for logger in trainer.loggers:
+            logger.save()  # metrics up to this checkpoint are on disk before it exists
+        checkpoint["loggers"] = [{**logger.state_dict(), "step": trainer.global_step} for logger in trainer.loggers]
     trainer._call("on_save_checkpoint", checkpoint=checkpoint)
     return checkpoint
 
@@ -102,13 +114,18 @@ def check_format(checkpoint: Any, path: Any) -> None:
         )
 
 
-def restore(trainer, path: Any, fitting: bool) -> Dict[str, Any]:
-    checkpoint = trainer.strategy.load_checkpoint(path)
-    check_format(checkpoint, path)
+def restore_before_setup(trainer, checkpoint: Dict[str, Any]) -> None:
+    """What must be back before callbacks set up: the loggers' versions, so that the
+    default checkpoint directory (under the logger's folder) is the one of the first run."""
+    for logger, state in zip(trainer.loggers, checkpoint.get("loggers", [])):
+        logger.load_state_dict(state)
+
+
+def restore(trainer, checkpoint: Dict[str, Any], path: Any, fitting: bool) -> None:
     trainer._call("on_load_checkpoint", checkpoint=checkpoint)
     trainer.strategy.load_module_state_dict(trainer.module, checkpoint["state_dict"])
     if not fitting:
-        return checkpoint
+        return
     if "loops" not in checkpoint:
         raise FulmenCheckpointError(
             f"{path} holds weights only (save_weights_only=True), so training cannot resume from "
@@ -140,40 +157,57 @@ def restore(trainer, path: Any, fitting: bool) -> Dict[str, Any]:
         loader = getattr(trainer.datamodule, "load_state_dict", None)
         if callable(loader):
             loader(checkpoint["datamodule"])
+    if "train_dataloader" in checkpoint and trainer._train_loader is not None:
+        trainer._train_loader.load_state_dict(checkpoint["train_dataloader"])
     trainer._progress.load_state_dict(checkpoint["loops"]["fit"])
-    return checkpoint
+    # Random streams come back right before the next training batch is drawn (see fit_loop),
+    # after the sanity check and iterator creation that would otherwise consume them.
+    trainer._pending_rng = checkpoint.get("rng")
 
 
-def resolve_ckpt_path(trainer, ckpt_path: Optional[str]) -> Optional[str]:
-    """``"last"``, ``"best"`` or a path → a file path (or None for a fresh start)."""
+def _newest_first(paths) -> List[str]:
+    unique = {str(Path(p)) for p in paths if Path(p).is_file()}
+    return sorted(unique, key=lambda p: Path(p).stat().st_mtime, reverse=True)
+
+
+def candidates(trainer, ckpt_path: Optional[str]) -> List[str]:
+    """``"last"``, ``"best"`` or a path → the files to try, in order (empty: fresh start)."""
     if ckpt_path is None:
-        return None
-    if ckpt_path in ("last", "best"):
-        callbacks = trainer.checkpoint_callbacks
-        if ckpt_path == "best":
-            for callback in callbacks:
-                if getattr(callback, "best_model_path", ""):
-                    return callback.best_model_path
-            raise FulmenConfigError(
-                'ckpt_path="best" but no ModelCheckpoint has saved a best checkpoint yet; '
-                "train first, or pass a file path"
-            )
-        candidates = []
-        for callback in callbacks:
-            candidates.extend(callback.last_checkpoint_candidates())
-        if not candidates:
-            directory = trainer.default_root_dir
-            candidates = sorted(Path(directory).rglob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
-        if not candidates:
-            import warnings
-
-            from fulmen.errors import FulmenWarning
-
-            warnings.warn(
-                'ckpt_path="last" found no checkpoint; starting from scratch', FulmenWarning, stacklevel=3
-            )
-            return None
-        return str(candidates[0])
+        return []
+    if ckpt_path == "best":
+        for callback in trainer.checkpoint_callbacks:
+            if getattr(callback, "best_model_path", ""):
+                return [callback.best_model_path]
+        raise FulmenConfigError(
+            'ckpt_path="best" but no ModelCheckpoint has saved a best checkpoint yet; '
+            "train first, or pass a file path"
+        )
+    if ckpt_path == "last":
+        found = []
+        for callback in trainer.checkpoint_callbacks:
+            found.extend(callback.last_checkpoint_candidates())
+        if Path(trainer.default_root_dir).is_dir():
+            found.extend(Path(trainer.default_root_dir).rglob("*.ckpt"))
+        ordered = _newest_first(found)
+        if not ordered:
+            warnings.warn('ckpt_path="last" found no checkpoint; starting from scratch', FulmenWarning, stacklevel=4)
+        return ordered
     if not Path(ckpt_path).exists():
         raise FileNotFoundError(f"ckpt_path={ckpt_path!r} does not exist")
-    return str(ckpt_path)
+    return [str(ckpt_path)]
+
+
+def load_first_good(trainer, ckpt_path: Optional[str]) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """Read the checkpoint to resume from. For ``"last"`` a damaged newest file is skipped
+    with a warning in favour of the newest good one; a path the user named must be good."""
+    paths = candidates(trainer, ckpt_path)
+    for index, path in enumerate(paths):
+        try:
+            checkpoint = trainer.strategy.load_checkpoint(path)
+            check_format(checkpoint, path)
+            return checkpoint, path
+        except FulmenCheckpointError as exc:
+            if ckpt_path != "last" or index == len(paths) - 1:
+                raise
+            warnings.warn(f"skipping damaged checkpoint {path}: {exc}; trying the next newest", FulmenWarning, stacklevel=3)
+    return None, None

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from fulmen.errors import FulmenError, FulmenUserCodeError
+from fulmen.trainer import preemption
 from fulmen.trainer.eval_loop import run_evaluation
 from fulmen.utilities.apply import first_batch_size
 
@@ -239,6 +240,7 @@ def run_training_epoch(trainer) -> None:
             step_schedulers(trainer, "epoch", plateau=False)
         if _val_due_in_epoch(trainer, batch_idx - 1, last):
             trainer._run_validation()
+        preemption.check(trainer)
         if trainer._max_steps_reached() or trainer._stop_granted():
             break
     progress.epoch_complete = batch_idx >= limit or exhausted

@@ -7,11 +7,13 @@ signal; the Trainer acts at the next batch boundary, where the state is consiste
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import threading
-from typing import Dict, Optional
+from pathlib import Path
+from typing import Dict, Iterator, Optional
 
 # EX_TEMPFAIL from sysexits.h: "temporary failure, the user is invited to retry".
 PREEMPTED_EXIT_CODE = 75
@@ -61,3 +63,53 @@ def requeue_slurm_job() -> Optional[str]:
     if result.returncode != 0:
         return f"scontrol requeue {job_id} failed: {result.stderr.strip()}"
     return f"requeued SLURM job {job_id}"
+
+
+class Preempted(Exception):
+    """Raised inside the loop after the preemption checkpoint is on disk."""
+
+    def __init__(self, signal_name: str, checkpoint_path: str) -> None:
+        super().__init__(f"{signal_name} received; saved {checkpoint_path}")
+        self.signal_name = signal_name
+        self.checkpoint_path = checkpoint_path
+
+
+@contextlib.contextmanager
+def handling(trainer) -> Iterator[None]:
+    handler = trainer._preemption
+    handler.received = None
+    handler.install()
+    try:
+        yield
+    finally:
+        handler.uninstall()
+
+
+def checkpoint_path(trainer) -> str:
+    """Where ``ckpt_path="last"`` will look first: the checkpoint callback's ``last.ckpt``."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.dirpath:
+        path = Path(callback.dirpath) / "last.ckpt"
+        callback.last_model_path = str(path)
+        return str(path)
+    return str(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt")
+
+
+def check(trainer) -> None:
+    """At a batch boundary: if a preemption signal arrived, save and leave the loop."""
+    handler = trainer._preemption
+    if not handler.requested:
+        return
+    path = checkpoint_path(trainer)
+    trainer.save_checkpoint(path)
+    trainer.strategy.checkpoint_io.teardown()  # durable before we announce it
+    raise Preempted(handler.signal_name(), path)
+
+
+def exit_after_preemption(trainer, exc: Preempted) -> None:
+    note = requeue_slurm_job() if trainer.is_global_zero else None
+    trainer.print(
+        f"fulmen: {exc.signal_name} received at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+        f"saved {exc.checkpoint_path}. Resume with ckpt_path='last'." + (f" {note}." if note else "")
+    )
+    raise SystemExit(PREEMPTED_EXIT_CODE)

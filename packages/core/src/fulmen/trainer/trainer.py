@@ -22,6 +22,9 @@ from fulmen.trainer.eval_loop import run_evaluation
 from fulmen.trainer.hook_relay import HookRelay
 from fulmen.trainer.metrics import MetricStore
 from fulmen.trainer.optim import parse_optimizers
+from fulmen.trainer import preemption
+from fulmen.trainer.preemption import Preempted
+from fulmen.utilities import rng
 from fulmen.trainer.setup_helpers import build_callbacks, build_loggers, parse_fast_dev_run, parse_val_check_interval
 
 
@@ -125,6 +128,7 @@ class Trainer:
         self.lr_scheduler_configs: List[Any] = []
         self.should_stop = False
         self.state = "initializing"
+        self.stage: Optional[str] = None  # fit/validate/test/predict while one runs
         self.sanity_checking = False
         self._evaluating = False  # inside an evaluation loop (also validation during fit)
         self.num_training_batches: Union[int, float] = 0
@@ -136,6 +140,11 @@ class Trainer:
         self._forward_module = None
         self._module_setup_for = None
         self._hparams_logged = False
+        self._resume_from = None
+        self._resume_checkpoint = None
+        self._resume_path = None
+        self._pending_rng = None
+        self._preemption = preemption.PreemptionHandler()
         self._eval_batch_counts: List[Union[int, float]] = []
 
     # ------------------------------------------------------------------ properties
@@ -241,7 +250,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ entry points
     def fit(self, model, train_dataloaders=None, val_dataloaders=None, datamodule=None, ckpt_path=None) -> None:
-        self._run("fit", model, datamodule, lambda: self._fit(train_dataloaders, val_dataloaders, ckpt_path))
+        self._resume_from = ckpt_path
+        self._run("fit", model, datamodule, lambda: self._fit(train_dataloaders, val_dataloaders))
 
     def validate(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = True, datamodule=None):
         return self._run("validate", model, datamodule, lambda: self._evaluate("validate", dataloaders, ckpt_path, verbose))
@@ -269,15 +279,26 @@ class Trainer:
         if self.datamodule is not None:
             self.datamodule.trainer = self
         self.state = {"fit": "fitting", "validate": "validating", "test": "testing", "predict": "predicting"}[stage]
+        self.stage = stage
         self.should_stop = False
         self._relay.attach(model, self.datamodule, self.callbacks)
         try:
             if self.datamodule is not None:
                 self.datamodule.prepare_data()
                 self.datamodule.setup(stage=stage)
+            if stage == "fit":
+                # Read the checkpoint before callbacks set up: loggers must get their old
+                # versions back first, so every directory derived from them is the same.
+                self._resume_checkpoint, self._resume_path = ckpt.load_first_good(self, self._resume_from)
+                if self._resume_checkpoint is not None:
+                    ckpt.restore_before_setup(self, self._resume_checkpoint)
             self._call("setup", stage=stage)
             model.setup(stage=stage)
             result = body()
+        except Preempted as exc:
+            self.state = "interrupted"
+            self._finalize_loggers("interrupted")
+            preemption.exit_after_preemption(self, exc)
         except BaseException as exc:
             self.state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             self._call("on_exception", exception=exc)
@@ -291,6 +312,8 @@ class Trainer:
                     self.datamodule.teardown(stage=stage)
             finally:
                 self._relay.detach()
+                self._resume_checkpoint = None
+                self.strategy.checkpoint_io.teardown()  # waits for background writes
         self.state = "finished"
         if stage == "fit":
             self._finalize_loggers("success")
@@ -300,19 +323,20 @@ class Trainer:
         self._relay.call(hook, self, self.module, kwargs)
 
     # ------------------------------------------------------------------ fit
-    def _fit(self, train_dataloaders, val_dataloaders, ckpt_path) -> None:
+    def _fit(self, train_dataloaders, val_dataloaders) -> None:
         self._setup_module_and_optimizers()
         self._prepare_train_data(train_dataloaders)
         self._prepare_val_data(val_dataloaders)
-        path = ckpt.resolve_ckpt_path(self, ckpt_path)
         self._progress = ckpt.Progress()
-        if path is not None:
-            ckpt.restore(self, path, fitting=True)
+        self._pending_rng = None
+        if self._resume_checkpoint is not None:
+            ckpt.restore(self, self._resume_checkpoint, self._resume_path, fitting=True)
         self._log_hyperparams()
         self._call("on_fit_start")
         if self._has_validation and self.num_sanity_val_steps != 0 and not self._progress.global_step:
             self._run_sanity_check()
-        fit_loop.run_fit(self)
+        with preemption.handling(self):
+            fit_loop.run_fit(self)
         self._call("on_fit_end")
         for logger in self.loggers:
             logger.save()
@@ -409,14 +433,12 @@ class Trainer:
         return wrapped, counts
 
     def _train_iterator(self, start: int):
+        """The epoch's batches from ``start`` on (mid-epoch resume seeks, it does not replay)."""
+        self._train_loader.skip_next(start)  # the loop's progress decides, not the saved loader
         iterator = iter(self._train_loader)
-        # Mid-epoch resume: skip the batches this epoch already consumed. (A map-style
-        # loader's order is restored by its seeded sampler; see the checkpoint docs.)
-        for _ in range(start):
-            try:
-                next(iterator)
-            except StopIteration:
-                break
+        if self._pending_rng is not None:
+            rng.restore(self._pending_rng)
+            self._pending_rng = None
         return iterator
 
     def _set_epoch_on_samplers(self) -> None:
@@ -477,9 +499,9 @@ class Trainer:
         if self._module_setup_for is not module:
             self._forward_module = self.fabric.setup_module(module)
             self._module_setup_for = module
-        path = ckpt.resolve_ckpt_path(self, ckpt_path)
-        if path is not None:
-            ckpt.restore(self, path, fitting=False)
+        checkpoint, path = ckpt.load_first_good(self, ckpt_path)
+        if checkpoint is not None:
+            ckpt.restore(self, checkpoint, path, fitting=False)
         kind = {"validate": "val", "test": "test", "predict": "predict"}[stage]
         loaders = data_utils.find_loaders(kind, dataloaders, self.datamodule, module)
         if not loaders:

@@ -45,6 +45,11 @@ def register_strategies(register):
     from fulmen.strategies.single_device import SingleDeviceStrategy
 
     register("single_device", SingleDeviceStrategy, "one process on one device")
+    ddp = "fulmen.strategies.ddp:DDPStrategy"
+    register("ddp", _lazy(ddp), "DistributedDataParallel; fulmen re-runs your command per local rank (or uses torchrun/srun/mpirun's)")
+    register("ddp_spawn", _lazy(ddp, start_method="spawn"), "DistributedDataParallel with ranks started by torch.multiprocessing spawn")
+    register("ddp_fork", _lazy(ddp, start_method="fork"), "DistributedDataParallel with forked ranks (notebooks; CPU or before CUDA is initialised)")
+    register("ddp_find_unused_parameters_true", _lazy(ddp, find_unused_parameters=True), "ddp with find_unused_parameters=True")
 
 
 @hookimpl
@@ -65,6 +70,14 @@ def register_precisions(register):
 def register_environments(register):
     from fulmen.environments.local import LocalEnvironment
 
+    from fulmen.environments import LSFEnvironment, MPIEnvironment, SLURMEnvironment, TorchElasticEnvironment
+
+    # Detection tries the highest detection_priority first: torchrun (40), SLURM (30),
+    # LSF (20), MPI (10), then local (-100), which always matches.
+    register("torchelastic", TorchElasticEnvironment, "torchrun / TorchElastic / Kubernetes PyTorchJob (RANK, WORLD_SIZE, LOCAL_RANK)")
+    register("slurm", SLURMEnvironment, "SLURM srun job steps (SLURM_PROCID, SLURM_NTASKS, SLURM_NODELIST)")
+    register("lsf", LSFEnvironment, "IBM LSF jsrun (LSB_JOBID, JSM_NAMESPACE_*)")
+    register("mpi", MPIEnvironment, "mpirun / mpiexec (OMPI_COMM_WORLD_*, PMI_*)")
     register("local", LocalEnvironment, "this machine; processes started by fulmen or a single process")
 
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 from typing import Any, Dict, Iterator, Optional
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, Sampler, SequentialSampler
+import os
+
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
 from fulmen.errors import FulmenConfigError
 
@@ -67,6 +69,39 @@ class _SkippableSequentialSampler(SequentialSampler):
     def __iter__(self) -> Iterator[int]:
         start, self.start_index = self.start_index, 0
         return iter(range(start, len(self.data_source)))
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """``DistributedSampler`` (order fixed by seed and epoch already) that can start mid-pass."""
+
+    start_index = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        start, self.start_index = self.start_index, 0
+        return iter(indices[start:])
+
+
+def distribute(loader: Any, num_replicas: int, rank: int) -> Any:
+    """Give each process its own share of a map-style DataLoader (shuffled if it was).
+
+    The seed comes from ``seed_everything`` (``FULMEN_GLOBAL_SEED``) so every rank computes
+    the same permutation; iterable datasets are the user's to split (see the docs).
+    """
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return loader
+    if isinstance(loader.sampler, DistributedSampler):
+        return loader  # the user split the data already
+    if loader.batch_size is None or type(loader.sampler) not in (RandomSampler, SequentialSampler, ResumableRandomSampler, _SkippableSequentialSampler):
+        raise FulmenConfigError(
+            f"cannot split a DataLoader with a custom {'batch_sampler' if loader.batch_size is None else type(loader.sampler).__name__} "
+            "across processes; pass use_distributed_sampler=False and give each rank its share "
+            "(e.g. a DistributedSampler of your own)"
+        )
+    shuffle = isinstance(loader.sampler, (RandomSampler, ResumableRandomSampler))
+    seed = int(os.environ.get("FULMEN_GLOBAL_SEED", 0))
+    sampler = ResumableDistributedSampler(loader.dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+    return with_sampler(loader, sampler, generator=torch.Generator().manual_seed(seed + rank))
 
 
 def with_sampler(loader: DataLoader, sampler: Sampler, generator: Optional[torch.Generator] = None) -> DataLoader:
@@ -170,6 +205,8 @@ class LoaderPosition:
         if isinstance(sampler, ResumableRandomSampler):
             in_pass = self.consumed > 0 and sampler.pass_epoch is not None
             state["sampler"] = {"seed": sampler.seed, "epoch": sampler.pass_epoch if in_pass else sampler.next_epoch}
+        elif isinstance(sampler, DistributedSampler):
+            state["sampler"] = {"seed": sampler.seed, "epoch": sampler.epoch}
         if self._native():
             state["loader"] = self.loader.state_dict()
         return state
@@ -178,7 +215,7 @@ class LoaderPosition:
         self._skip = int(state.get("batches_consumed", 0))
         sampler = self.sampler
         saved = state.get("sampler")
-        if saved and isinstance(sampler, ResumableRandomSampler):
+        if saved and isinstance(sampler, (ResumableRandomSampler, DistributedSampler)):
             sampler.seed = int(saved["seed"])
             sampler.set_epoch(int(saved["epoch"]))
         if "loader" in state and self._native():

@@ -68,7 +68,13 @@ class Fabric:
         self._callbacks = _as_list(callbacks)
         self._loggers = _resolve_loggers(loggers, self._registry)
         self._launched = False
-        self._strategy.setup_environment()
+        # What a spawned worker needs to build the same Fabric on its side.
+        self._init_kwargs = dict(
+            accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes, precision=precision,
+            plugins=plugins, callbacks=callbacks, loggers=loggers, allow_plugins=allow_plugins, deny_plugins=deny_plugins,
+        )
+        if not getattr(self._strategy, "defers_setup", False):
+            self._strategy.setup_environment()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -128,12 +134,16 @@ class Fabric:
         """Start the other processes (if the strategy needs them) and run ``function(self)``."""
         self._launched = True
         launcher = self._strategy.launcher
+        spawns = launcher is not None and not getattr(launcher, "starts_in_place", False)
         if function is None:
-            if launcher is not None:
-                launcher.launch(None)
+            if spawns:
+                raise FulmenConfigError(
+                    f"strategy {self._strategy.name!r} starts processes with torch.multiprocessing and needs "
+                    "the function to run in them: fabric.launch(train_fn)"
+                )
             return None
-        if launcher is not None:
-            return launcher.launch(function, self, *args, **kwargs)
+        if spawns:
+            return launcher.launch(_run_in_worker, self._init_kwargs, function, args, kwargs)
         return function(self, *args, **kwargs)
 
     # ------------------------------------------------------------------ setup
@@ -277,6 +287,11 @@ class Fabric:
 
     def seed_everything(self, seed: Optional[int] = None, workers: bool = False) -> int:
         return _seed_everything(seed, workers=workers)
+
+
+def _run_in_worker(init_kwargs: Dict[str, Any], function: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    """In a spawned/forked rank: the same Fabric, rebuilt here, runs the user's function."""
+    return function(Fabric(**init_kwargs), *args, **kwargs)
 
 
 def requested_plugins(names: Sequence[Any], allow: Any, deny: Any) -> List[Any]:

@@ -38,6 +38,10 @@ class Logger:
     def finalize(self, status: str) -> None:
         self.save()
 
+    def synchronize(self, strategy: Any) -> None:
+        """Make every rank agree on run identity (version, run id) before anything uses it;
+        called once per run on every rank, collectively."""
+
     def state_dict(self) -> Dict[str, Any]:
         return {}
 

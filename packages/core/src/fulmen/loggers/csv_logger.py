@@ -32,6 +32,7 @@ class CSVLogger(Logger):
         self._rows: List[Dict[str, Any]] = []
         self._header: List[str] = []
         self._pending = 0
+        self._file_rows: Optional[int] = None  # data rows in metrics.csv, once known
 
     @property
     def name(self) -> str:
@@ -94,21 +95,33 @@ class CSVLogger(Logger):
             with atomic_open(path) as handle:
                 text = _render(self._header, old_rows + self._rows, with_header=True)
                 handle.write(text.encode())
+            self._file_rows = len(old_rows) + len(self._rows)
         else:
             with open(path, "a", newline="") as handle:
                 handle.write(_render(self._header, self._rows, with_header=False))
+            if self._file_rows is not None:
+                self._file_rows += len(self._rows)
         self._rows = []
         self._pending = 0
 
     def finalize(self, status: str) -> None:
         self.save()
 
+    def synchronize(self, strategy: Any) -> None:
+        # Rank 0's next free version for everyone; ranks deciding alone race on version_N.
+        self._version = strategy.broadcast(self.version if strategy.is_global_zero else None)
+
     def state_dict(self) -> Dict[str, Any]:
-        return {"version": self.version}
+        # How many rows the file holds now (the Trainer saves the logger first): a resumed
+        # run keeps exactly these, whatever the crashed run appended after the checkpoint.
+        if self._file_rows is None:
+            self._file_rows = len(_read_rows(self.metrics_file)) if self.metrics_file.exists() else 0
+        return {"version": self.version, "rows": self._file_rows + len(self._rows)}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Continue the same version's file. Rows logged after the checkpoint's step by the
-        run that crashed are dropped, because the resumed run logs those steps again."""
+        """Continue the same version's file. Rows logged after the checkpoint by the run
+        that crashed are dropped, because the resumed run logs them again: the rows past the
+        count the checkpoint recorded, or (older checkpoints) those past its step."""
         self._version = state.get("version", self._version)
         path = self.metrics_file
         if not path.exists():
@@ -116,10 +129,14 @@ class CSVLogger(Logger):
         with open(path, newline="") as handle:
             self._header = next(csv.reader(handle), [])
         step = state.get("step")
-        if step is None:
+        if step is None and "rows" not in state:
             return
         rows = _read_rows(path)
-        kept = [row for row in rows if not row.get("step") or float(row["step"]) <= step]
+        if "rows" in state:
+            kept = rows[: int(state["rows"])]
+        else:
+            kept = [row for row in rows if not row.get("step") or float(row["step"]) <= step]
+        self._file_rows = len(kept)
         if len(kept) != len(rows):
             with atomic_open(path) as handle:
                 handle.write(_render(self._header, kept, with_header=True).encode())

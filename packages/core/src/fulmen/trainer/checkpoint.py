@@ -32,6 +32,17 @@ class Progress:
     total_batches: int = 0  # across epochs (val_check_interval without epochs)
     epoch_complete: bool = False
     validating: bool = False  # saved from inside a validation run (on_validation_end)
+    # Where in the loop the state was captured, so a resumed run first does what the first
+    # run still did after that point (a kill may land anywhere after the file is written):
+    # "batch_end": inside on_train_batch_end (ModelCheckpoint(every_n_train_steps)); the
+    #   batch's log row, epoch-interval schedulers, validation (unless ``validating``: saved
+    #   in that validation) and the stop check are pending, then the epoch end if complete.
+    # "boundary": the batch is done (the preemption save); the stop check is pending.
+    # "epoch_end": inside on_train_epoch_end; the epoch's log row, plateau schedulers and
+    #   the epoch count are pending.
+    # "": elsewhere; an incomplete epoch continues with its next batch.
+    phase: str = ""
+    step_log_due: bool = False  # the batch's metrics row is due (log_every_n_steps)
     resuming_mid_epoch: bool = False
 
     def state_dict(self) -> Dict[str, Any]:
@@ -45,13 +56,15 @@ class Progress:
         self.global_step = int(state["global_step"])
         self.batch_idx = int(state.get("batch_idx", 0))
         self.total_batches = int(state.get("total_batches", 0))
-        if state.get("epoch_complete"):
+        self.phase = str(state.get("phase", ""))
+        self.step_log_due = bool(state.get("step_log_due", False))
+        self.validating = bool(state.get("validating", False)) and self.phase == "batch_end"
+        self.epoch_complete = bool(state.get("epoch_complete")) and bool(self.phase)
+        if state.get("epoch_complete") and not self.phase:
             # Saved after the epoch's last batch: the next run starts a fresh epoch.
             self.current_epoch += 1
             self.batch_idx = 0
-        self.epoch_complete = False
-        self.validating = False
-        self.resuming_mid_epoch = self.batch_idx > 0
+        self.resuming_mid_epoch = self.batch_idx > 0 or bool(self.phase)
 
 
 def state_key(callback: Any) -> str:
@@ -78,7 +91,9 @@ def dump_checkpoint(trainer, weights_only: bool = False) -> Dict[str, Any]:
     if not weights_only:
         progress = trainer._progress.state_dict()
         progress["validating"] = bool(trainer.validating)
+        progress["should_stop"] = bool(trainer.should_stop)  # e.g. EarlyStopping just decided
         checkpoint["loops"] = {"fit": progress}
+        checkpoint["metrics"] = trainer._metrics.state_dict()
         checkpoint["optimizer_states"] = [
             trainer.strategy.optimizer_state_dict(opt.optimizer) for opt in trainer.optimizers
         ]
@@ -91,7 +106,9 @@ def dump_checkpoint(trainer, weights_only: bool = False) -> Dict[str, Any]:
             checkpoint["datamodule"] = trainer.datamodule.state_dict()
         if trainer._train_loader is not None:
             checkpoint["train_dataloader"] = trainer._train_loader.state_dict()
-        checkpoint["rng"] = rng.capture()
+        # Each rank draws its own random numbers (dropout masks differ): keep all of them.
+        states = trainer.strategy.all_gather_object(rng.capture()) if trainer.world_size > 1 else [rng.capture()]
+        checkpoint["rng"] = {"per_rank": states}
         for logger in trainer.loggers:
             logger.save()  # metrics up to this checkpoint are on disk before it exists
         checkpoint["loggers"] = [{**logger.state_dict(), "step": trainer.global_step} for logger in trainer.loggers]
@@ -160,9 +177,29 @@ def restore(trainer, checkpoint: Dict[str, Any], path: Any, fitting: bool) -> No
     if "train_dataloader" in checkpoint and trainer._train_loader is not None:
         trainer._train_loader.load_state_dict(checkpoint["train_dataloader"])
     trainer._progress.load_state_dict(checkpoint["loops"]["fit"])
+    trainer.should_stop = bool(checkpoint["loops"]["fit"].get("should_stop", False))
+    if "metrics" in checkpoint:
+        trainer._metrics.load_state_dict(checkpoint["metrics"])
     # Random streams come back right before the next training batch is drawn (see fit_loop),
     # after the sanity check and iterator creation that would otherwise consume them.
-    trainer._pending_rng = checkpoint.get("rng")
+    trainer._pending_rng = _rng_for_rank(checkpoint.get("rng"), trainer.global_rank)
+
+
+def _rng_for_rank(saved: Optional[Dict[str, Any]], rank: int) -> Optional[Dict[str, Any]]:
+    if not saved:
+        return None
+    states = saved.get("per_rank")
+    if states is None:
+        return saved
+    if rank < len(states):
+        return states[rank]
+    warnings.warn(
+        f"the checkpoint holds random states for {len(states)} ranks and this is rank {rank}; "
+        "this rank starts from rank 0's states, so the resumed run is not bitwise identical",
+        FulmenWarning,
+        stacklevel=3,
+    )
+    return states[0]
 
 
 def _newest_first(paths) -> List[str]:

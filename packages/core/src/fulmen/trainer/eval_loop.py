@@ -18,6 +18,13 @@ STAGES = {
 }
 
 
+def _gloo_distributed() -> bool:
+    """gloo collectives on inference tensors fail; evaluation then uses no_grad instead."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo"
+
+
 def takes_dataloader_idx(method: Any) -> bool:
     try:
         params = inspect.signature(method).parameters
@@ -39,7 +46,7 @@ def run_evaluation(trainer, stage: str, loaders: List[Any], limits: List[float])
     metrics.reset_stage(stage)
     metrics.multiple_dataloaders = len(loaders) > 1
     predictions: List[List[Any]] = []
-    grad_context = torch.inference_mode if trainer.inference_mode else torch.no_grad
+    grad_context = torch.inference_mode if trainer.inference_mode and not _gloo_distributed() else torch.no_grad
     trainer._evaluating = True
     try:
         with grad_context():

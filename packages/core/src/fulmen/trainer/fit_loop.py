@@ -6,6 +6,7 @@ Written as flat functions over the Trainer's state so the whole step reads top t
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Mapping, Optional
 
 import torch
@@ -79,9 +80,7 @@ def _check_finite(trainer, loss: torch.Tensor, batch_idx: int) -> None:
 
 
 def _training_step(trainer, batch: Any, batch_idx: int) -> Any:
-    module = trainer.module
-    with trainer.strategy.forward_context():
-        return module.training_step(batch, batch_idx)
+    return trainer._step("training_step", batch, batch_idx)
 
 
 def _forward_backward(trainer, batch: Any, batch_idx: int, holder: dict) -> Optional[torch.Tensor]:
@@ -187,7 +186,27 @@ def _val_due_in_epoch(trainer, batch_idx: int, last: bool) -> bool:
     return (batch_idx + 1) % interval == 0
 
 
-def run_training_epoch(trainer) -> None:
+def _finish_batch(trainer, last: bool) -> bool:
+    """What follows on_train_batch_end: the batch's log row, epoch-interval schedulers after
+    the epoch's last batch, validation when due, the preemption check. A run resumed from a
+    checkpoint written inside that hook (or that validation) starts here, so the work the
+    first run did after writing the file is done again, not lost. True: stop training."""
+    progress = trainer._progress
+    if progress.phase == "batch_end" and not progress.validating:
+        if progress.step_log_due or trainer.should_stop or last:
+            trainer._log_step_metrics()
+        if last:
+            step_schedulers(trainer, "epoch", plateau=False)
+        if _val_due_in_epoch(trainer, progress.batch_idx - 1, last):
+            trainer._run_validation()
+    progress.validating = False
+    progress.phase = "boundary"
+    preemption.check(trainer)
+    progress.phase = ""
+    return trainer._max_steps_reached() or trainer._stop_granted()
+
+
+def run_training_epoch(trainer, resumed: bool = False) -> None:
     progress = trainer._progress
     limit = trainer.num_training_batches
     metrics = trainer._metrics
@@ -197,6 +216,16 @@ def run_training_epoch(trainer) -> None:
     iterator = trainer._train_iterator(start)
     batch_idx = start
     exhausted = False
+    if resumed and progress.phase in ("batch_end", "boundary") and start > 0:
+        # The checkpoint was written before its batch was done: finish that batch first.
+        with warnings.catch_warnings():
+            # torch flags a scheduler step before this process's first optimizer.step; the
+            # first run stepped the optimizer right before, so the order is the usual one.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            stop = _finish_batch(trainer, start >= limit)
+        if stop:
+            progress.epoch_complete = start >= limit
+            return
     while batch_idx < limit:
         try:
             batch = next(iterator)
@@ -227,21 +256,15 @@ def run_training_epoch(trainer) -> None:
         progress.batch_idx = batch_idx + 1
         progress.epoch_complete = progress.batch_idx >= limit
         progress.total_batches += 1
-        trainer._call("on_train_batch_end", outputs=detached_outputs(output), batch=batch, batch_idx=batch_idx)
-        batch_idx += 1
         if automatic:
             # Lightning counts optimizer steps: micro-batches that only accumulate log no rows.
-            log_due = stepped and progress.global_step % trainer.log_every_n_steps == 0
+            progress.step_log_due = stepped and progress.global_step % trainer.log_every_n_steps == 0
         else:
-            log_due = progress.total_batches % trainer.log_every_n_steps == 0
-        if log_due or trainer.should_stop or last:
-            trainer._log_step_metrics()
-        if last:
-            step_schedulers(trainer, "epoch", plateau=False)
-        if _val_due_in_epoch(trainer, batch_idx - 1, last):
-            trainer._run_validation()
-        preemption.check(trainer)
-        if trainer._max_steps_reached() or trainer._stop_granted():
+            progress.step_log_due = progress.total_batches % trainer.log_every_n_steps == 0
+        progress.phase = "batch_end"
+        trainer._call("on_train_batch_end", outputs=detached_outputs(output), batch=batch, batch_idx=batch_idx)
+        batch_idx += 1
+        if _finish_batch(trainer, last):
             break
     progress.epoch_complete = batch_idx >= limit or exhausted
 
@@ -250,21 +273,28 @@ def run_fit(trainer) -> None:
     progress = trainer._progress
     metrics = trainer._metrics
     trainer._call("on_train_start")
-    while not trainer._fit_done():
-        if not progress.resuming_mid_epoch:
+    # A checkpoint written mid-batch or mid-epoch-end has work pending even if, by its
+    # counters, training is done (e.g. the save right before EarlyStopping's last check).
+    while (progress.resuming_mid_epoch and progress.phase) or not trainer._fit_done():
+        resumed = progress.resuming_mid_epoch
+        if not resumed:
             metrics.reset_stage("train")
         progress.resuming_mid_epoch = False
         trainer.module.train()
-        trainer._set_epoch_on_samplers()
-        trainer._call("on_train_epoch_start")
-        run_training_epoch(trainer)
-        if progress.batch_idx == 0 and trainer.num_training_batches > 0:
-            break  # max_steps/stop reached before any batch; do not count an empty epoch
-        metrics.stage, metrics.phase = "train", "train_epoch_end"
-        metrics.reduce_epoch("train")  # so callbacks see epoch aggregates in the hook
-        trainer._call("on_train_epoch_end")
+        if not (resumed and progress.phase == "epoch_end"):
+            if not (resumed and progress.epoch_complete):  # batches remain in this epoch
+                trainer._set_epoch_on_samplers()
+                trainer._call("on_train_epoch_start")
+            run_training_epoch(trainer, resumed)
+            if progress.batch_idx == 0 and trainer.num_training_batches > 0:
+                break  # max_steps/stop reached before any batch; do not count an empty epoch
+            metrics.stage, metrics.phase = "train", "train_epoch_end"
+            metrics.reduce_epoch("train")  # so callbacks see epoch aggregates in the hook
+            progress.phase = "epoch_end"
+            trainer._call("on_train_epoch_end")
         trainer._log_to_loggers(metrics.reduce_epoch("train"))
         step_schedulers(trainer, "epoch", plateau=True)
+        progress.phase = ""
         for logger in trainer.loggers:
             logger.save()
         if progress.epoch_complete:

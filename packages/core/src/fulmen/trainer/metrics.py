@@ -230,6 +230,29 @@ class MetricStore:
     def metric_names(self) -> list:
         return sorted(self.callback_metrics)
 
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> Dict[str, Any]:
+        """Plain data and tensors: the epoch accumulators, this batch's step values and what
+        callbacks read (``callback_metrics``), so a resumed run logs the same epoch values
+        and a ModelCheckpoint/EarlyStopping/ReduceLROnPlateau sees the last validation's."""
+        fields = ("stage", "prog_bar", "logger", "on_step", "on_epoch", "reduce", "sync_dist", "total", "weight")
+        return {
+            "metrics": {name: {f: getattr(m, f) for f in fields} for name, m in self._metrics.items()},
+            "step_values": dict(self.step_values),
+            "callback_metrics": dict(self.callback_metrics),
+            "logged_metrics": dict(self.logged_metrics),
+            "progress_bar_metrics": dict(self.progress_bar_metrics),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        device = self._device_fn()
+        move = lambda v: v.to(device) if isinstance(v, torch.Tensor) else v  # noqa: E731
+        self._metrics = {name: _Metric(**{k: move(v) for k, v in fields.items()}) for name, fields in state.get("metrics", {}).items()}
+        self.step_values = {k: move(v) for k, v in state.get("step_values", {}).items()}
+        self.callback_metrics = {k: move(v) for k, v in state.get("callback_metrics", {}).items()}
+        self.logged_metrics = dict(state.get("logged_metrics", {}))
+        self.progress_bar_metrics = dict(state.get("progress_bar_metrics", {}))
+
 
 def _to_floats(tensors) -> list:
     """One transfer for many scalars: stack on the device, then a single ``tolist``."""

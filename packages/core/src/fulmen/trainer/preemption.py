@@ -39,7 +39,10 @@ class PreemptionHandler:
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
+        from fulmen.strategies.launchers.guards import forward_signal
+
         self.received = signum
+        forward_signal(signum)  # ranks that fulmen started learn of it too
 
     @property
     def requested(self) -> bool:
@@ -98,6 +101,17 @@ def checkpoint_path(trainer) -> str:
 def check(trainer) -> None:
     """At a batch boundary: if a preemption signal arrived, save and leave the loop."""
     handler = trainer._preemption
+    if trainer.world_size > 1:
+        # Every rank must stop at the same batch or the next collective hangs. Agreeing
+        # costs a collective (and a device sync), so it is done at logging intervals only.
+        if trainer._progress.total_batches % trainer.log_every_n_steps != 0:
+            return
+        import torch
+
+        flag = torch.tensor(float(handler.received or 0), device=trainer.strategy.root_device)
+        agreed = int(trainer.strategy.all_reduce(flag, "max").item())
+        if agreed and handler.received is None:
+            handler.received = agreed
     if not handler.requested:
         return
     path = checkpoint_path(trainer)

@@ -22,9 +22,10 @@ from fulmen.trainer.eval_loop import run_evaluation
 from fulmen.trainer.hook_relay import HookRelay
 from fulmen.trainer.metrics import MetricStore
 from fulmen.trainer.optim import parse_optimizers
-from fulmen.trainer import preemption
+from fulmen.trainer import preemption, spawn
 from fulmen.trainer.preemption import Preempted
 from fulmen.utilities import rng
+from fulmen.trainer.step_dispatch import StepDispatcher
 from fulmen.trainer.setup_helpers import build_callbacks, build_loggers, parse_fast_dev_run, parse_val_check_interval
 
 
@@ -68,6 +69,8 @@ class Trainer:
         allow_plugins: Optional[Sequence[str]] = None,
         deny_plugins: Optional[Sequence[str]] = None,
     ) -> None:
+        # What a spawned rank needs to build the same Trainer on its side (ddp_spawn/ddp_fork).
+        self._init_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.fabric = Fabric(
             accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes,
             precision=precision, plugins=plugins, allow_plugins=allow_plugins, deny_plugins=deny_plugins,
@@ -138,9 +141,11 @@ class Trainer:
         self._has_validation = False
         self._val_check_batches: Optional[int] = None
         self._forward_module = None
+        self._dispatcher = None
         self._module_setup_for = None
         self._hparams_logged = False
         self._resume_from = None
+        self._loggers_synchronized = False
         self._resume_checkpoint = None
         self._resume_path = None
         self._pending_rng = None
@@ -250,17 +255,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ entry points
     def fit(self, model, train_dataloaders=None, val_dataloaders=None, datamodule=None, ckpt_path=None) -> None:
+        if self._spawns():
+            return spawn.run(self, "fit", model, dict(train_dataloaders=train_dataloaders, val_dataloaders=val_dataloaders, datamodule=datamodule, ckpt_path=ckpt_path))
         self._resume_from = ckpt_path
         self._run("fit", model, datamodule, lambda: self._fit(train_dataloaders, val_dataloaders))
 
     def validate(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = True, datamodule=None):
+        if self._spawns():
+            return spawn.run(self, "validate", model, dict(dataloaders=dataloaders, ckpt_path=ckpt_path, verbose=verbose, datamodule=datamodule))
         return self._run("validate", model, datamodule, lambda: self._evaluate("validate", dataloaders, ckpt_path, verbose))
 
     def test(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = True, datamodule=None):
+        if self._spawns():
+            return spawn.run(self, "test", model, dict(dataloaders=dataloaders, ckpt_path=ckpt_path, verbose=verbose, datamodule=datamodule))
         return self._run("test", model, datamodule, lambda: self._evaluate("test", dataloaders, ckpt_path, verbose))
 
     def predict(self, model=None, dataloaders=None, datamodule=None, ckpt_path=None):
+        if self._spawns():
+            return spawn.run(self, "predict", model, dict(dataloaders=dataloaders, datamodule=datamodule, ckpt_path=ckpt_path))
         return self._run("predict", model, datamodule, lambda: self._evaluate("predict", dataloaders, ckpt_path, False))
+
+    def _spawns(self) -> bool:
+        launcher = self.strategy.launcher
+        return launcher is not None and not getattr(launcher, "starts_in_place", False)
 
     def _run(self, stage: str, model, datamodule, body):
         from fulmen.module import Module
@@ -286,6 +303,10 @@ class Trainer:
             if self.datamodule is not None:
                 self.datamodule.prepare_data()
                 self.datamodule.setup(stage=stage)
+            if self.world_size > 1 and not self._loggers_synchronized:
+                for logger in self.loggers:
+                    logger.synchronize(self.strategy)
+                self._loggers_synchronized = True
             if stage == "fit":
                 # Read the checkpoint before callbacks set up: loggers must get their old
                 # versions back first, so every directory derived from them is the same.
@@ -343,9 +364,7 @@ class Trainer:
 
     def _setup_module_and_optimizers(self) -> None:
         module = self.module
-        if self._module_setup_for is not module:
-            self._forward_module = self.fabric.setup_module(module)
-            self._module_setup_for = module
+        self._setup_module()
         optimizers, schedulers = parse_optimizers(module.configure_optimizers())
         if not optimizers:
             raise FulmenUserCodeError("configure_optimizers returned no optimizer; return at least one to train")
@@ -367,6 +386,18 @@ class Trainer:
                 opt._after_step.append(self._count_manual_step)
         self.lr_scheduler_configs = schedulers
 
+    def _setup_module(self) -> None:
+        """Wrap the module once per model: DDP and friends must see training_step as forward."""
+        if self._module_setup_for is not self.module:
+            self._dispatcher = StepDispatcher(self.module)
+            self._forward_module = self.fabric.setup_module(self._dispatcher)
+            self._module_setup_for = self.module
+
+    def _step(self, name: str, *args: Any) -> Any:
+        """Run ``training_step`` through the strategy's wrapper (precision, gradient sync)."""
+        self._dispatcher.step_name = name
+        return self._forward_module(*args)
+
     def _count_manual_step(self) -> None:
         self._progress.global_step += 1
 
@@ -382,6 +413,9 @@ class Trainer:
         loader = loaders[0]
         if self.overfit_batches:
             loader = data_utils.sequential(loader)
+        # Count on the loader as this process will see it (its share under DDP).
+        self._train_loader = self.fabric.setup_dataloaders(loader, use_distributed_sampler=self.use_distributed_sampler)
+        loader = self._train_loader.dataloader
         count = data_utils.num_batches(loader, self.limit_train_batches, "train")
         data_utils.check_not_empty(loader, count, "train", self.limit_train_batches)
         if count == data_utils.INF and (self.max_steps is None or self.max_steps < 0) and self._max_time_callback() is None:
@@ -390,7 +424,6 @@ class Trainer:
                 "set max_steps= (or max_time=, or limit_train_batches= as a batch count)"
             )
         self.num_training_batches = count
-        self._train_loader = self.fabric.setup_dataloaders(loader, use_distributed_sampler=self.use_distributed_sampler)
         interval = self.val_check_interval
         if isinstance(interval, float):
             self._val_check_batches = max(1, int(count * interval)) if count != data_utils.INF else None
@@ -423,10 +456,10 @@ class Trainer:
         self._has_validation = bool(self._val_loaders) and any(n != 0 for n in self.num_val_batches)
 
     def _set_eval_loaders(self, kind: str, loaders: List[Any], limit) -> None:
-        counts = [data_utils.num_batches(loader, limit, kind) for loader in loaders]
-        for loader, count in zip(loaders, counts):
-            data_utils.check_not_empty(loader, count, kind, limit)
-        wrapped = [self.fabric.setup_dataloaders(loader, use_distributed_sampler=False) for loader in loaders]
+        wrapped = [self.fabric.setup_dataloaders(loader, use_distributed_sampler=self.use_distributed_sampler) for loader in loaders]
+        counts = [data_utils.num_batches(w.dataloader, limit, kind) for w in wrapped]
+        for w, count in zip(wrapped, counts):
+            data_utils.check_not_empty(w.dataloader, count, kind, limit)
         if kind == "val":
             self._val_loaders, self.num_val_batches = wrapped, counts
         self._eval_batch_counts = counts
@@ -496,9 +529,7 @@ class Trainer:
         step_name = {"validate": "validation_step", "test": "test_step", "predict": "predict_step"}[stage]
         if not callable(getattr(module, step_name, None)):
             raise FulmenUserCodeError(f"trainer.{stage}() needs {type(module).__name__}.{step_name}(self, batch, batch_idx)")
-        if self._module_setup_for is not module:
-            self._forward_module = self.fabric.setup_module(module)
-            self._module_setup_for = module
+        self._setup_module()
         checkpoint, path = ckpt.load_first_good(self, ckpt_path)
         if checkpoint is not None:
             ckpt.restore(self, checkpoint, path, fitting=False)

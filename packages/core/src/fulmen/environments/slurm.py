@@ -1,0 +1,82 @@
+"""Processes started by SLURM's ``srun`` (one task per device).
+
+Detected only inside a job *step* (``SLURM_STEP_ID`` set): the batch script's own shell also
+sees ``SLURM_PROCID=0`` and ``SLURM_NTASKS`` but is not rank zero of anything, and an
+interactive ``salloc`` shell has no step either.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import List
+
+from fulmen.environments.base import ClusterEnvironment
+from fulmen.errors import FulmenConfigError
+
+_INTERACTIVE_NAMES = ("bash", "interactive", "sh", "zsh")
+
+
+def expand_nodelist(nodelist: str) -> List[str]:
+    """``"n[1-3,7],gpu-a"`` → ``["n1", "n2", "n3", "n7", "gpu-a"]`` (SLURM's compressed form)."""
+    hosts: List[str] = []
+    for prefix, ranges, plain in re.findall(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)", nodelist):
+        if plain:
+            hosts.append(plain.strip())
+            continue
+        for part in ranges.split(","):
+            if "-" in part:
+                low, high = part.split("-", 1)
+                width = len(low)
+                hosts.extend(f"{prefix}{i:0{width}d}" for i in range(int(low), int(high) + 1))
+            else:
+                hosts.append(f"{prefix}{part}")
+    return hosts
+
+
+class SLURMEnvironment(ClusterEnvironment):
+    name = "slurm"
+    detection_priority = 30
+
+    @classmethod
+    def detect(cls) -> bool:
+        if "SLURM_NTASKS" not in os.environ or "SLURM_STEP_ID" not in os.environ:
+            return False
+        return os.environ.get("SLURM_JOB_NAME", "") not in _INTERACTIVE_NAMES
+
+    @property
+    def creates_processes_externally(self) -> bool:
+        return True
+
+    @property
+    def main_address(self) -> str:
+        if "MASTER_ADDR" in os.environ:
+            return os.environ["MASTER_ADDR"]
+        nodelist = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
+        if not nodelist:
+            raise FulmenConfigError("SLURM_NODELIST is not set; set MASTER_ADDR to the first node's address")
+        return expand_nodelist(nodelist)[0]
+
+    @property
+    def main_port(self) -> int:
+        if "MASTER_PORT" in os.environ:
+            return int(os.environ["MASTER_PORT"])
+        # Same on every task of the job, different between jobs sharing a node.
+        job_id = int(os.environ.get("SLURM_JOB_ID", "0"))
+        return 15000 + job_id % 20000
+
+    def world_size(self) -> int:
+        return int(os.environ["SLURM_NTASKS"])
+
+    def global_rank(self) -> int:
+        return int(os.environ["SLURM_PROCID"])
+
+    def local_rank(self) -> int:
+        return int(os.environ["SLURM_LOCALID"])
+
+    def node_rank(self) -> int:
+        return int(os.environ.get("SLURM_NODEID", 0))
+
+    @staticmethod
+    def job_id() -> str:
+        return os.environ.get("SLURM_JOB_ID", "")

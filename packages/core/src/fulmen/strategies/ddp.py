@@ -1,0 +1,252 @@
+"""``ddp``, ``ddp_spawn``, ``ddp_fork``: data parallel training on ``torch.distributed``.
+
+One process per device. Who starts the processes depends on where we run: under torchrun,
+srun, mpirun or jsrun they already exist and the cluster environment says who we are;
+otherwise fulmen starts them itself — by re-running the user's command (``ddp``, like a
+built-in torchrun), or with torch.multiprocessing (``ddp_spawn``, ``ddp_fork``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+from datetime import timedelta
+from typing import Any, ContextManager, Dict, List, Optional, Union
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from fulmen.environments.local import LocalEnvironment
+from fulmen.errors import FulmenConfigError
+from fulmen.strategies.base import Strategy
+
+_REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "mean": dist.ReduceOp.SUM}
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+
+def _timeout(value: Union[timedelta, float, int, None]) -> timedelta:
+    if value is None:
+        env = os.environ.get("FULMEN_DIST_TIMEOUT")
+        return timedelta(seconds=float(env)) if env else DEFAULT_TIMEOUT
+    return value if isinstance(value, timedelta) else timedelta(seconds=float(value))
+
+
+class DDPStrategy(Strategy):
+    name = "ddp"
+
+    def __init__(
+        self,
+        accelerator=None,
+        precision=None,
+        checkpoint_io=None,
+        cluster_environment=None,
+        parallel_devices: Optional[List[torch.device]] = None,
+        process_group_backend: Optional[str] = None,
+        timeout: Union[timedelta, float, None] = None,
+        start_method: str = "popen",
+        find_unused_parameters: bool = False,
+        static_graph: bool = False,
+        gradient_as_bucket_view: bool = False,
+        sync_batchnorm: bool = False,
+        **ddp_kwargs: Any,
+    ) -> None:
+        super().__init__(accelerator, precision, checkpoint_io, cluster_environment, parallel_devices)
+        if start_method not in ("popen", "spawn", "fork", "forkserver"):
+            raise FulmenConfigError(f"DDPStrategy(start_method={start_method!r}); use 'popen', 'spawn', 'fork' or 'forkserver'")
+        self.process_group_backend = process_group_backend
+        self.timeout = _timeout(timeout)
+        self.start_method = start_method
+        self.sync_batchnorm = sync_batchnorm
+        self.ddp_kwargs = dict(
+            find_unused_parameters=find_unused_parameters,
+            static_graph=static_graph,
+            gradient_as_bucket_view=gradient_as_bucket_view,
+            **ddp_kwargs,
+        )
+        self._launcher = None
+        self._environment_ready = False
+
+    # ------------------------------------------------------------------ process layout
+    @property
+    def num_processes(self) -> int:
+        return len(self.parallel_devices) if self.parallel_devices else 1
+
+    @property
+    def world_size(self) -> int:
+        env = self.cluster_environment
+        if env is not None and (env.creates_processes_externally or os.environ.get("FULMEN_LAUNCHED")):
+            return env.world_size()
+        return self.num_processes * self.num_nodes
+
+    @property
+    def global_rank(self) -> int:
+        return self.cluster_environment.global_rank() if self.cluster_environment is not None else 0
+
+    @property
+    def local_rank(self) -> int:
+        return self.cluster_environment.local_rank() if self.cluster_environment is not None else 0
+
+    @property
+    def node_rank(self) -> int:
+        return self.cluster_environment.node_rank() if self.cluster_environment is not None else 0
+
+    @property
+    def root_device(self) -> torch.device:
+        devices = self.parallel_devices or [torch.device("cpu")]
+        return devices[self.local_rank % len(devices)]
+
+    @property
+    def launcher(self):
+        """The launcher that still has to start processes, or None if they all exist."""
+        if self._launcher is None and self._needs_launch():
+            from fulmen.strategies.launchers import MultiprocessingLauncher, SubprocessScriptLauncher
+
+            if self.start_method == "popen":
+                self._launcher = SubprocessScriptLauncher(self)
+            else:
+                self._launcher = MultiprocessingLauncher(self, self.start_method)
+        return self._launcher
+
+    def _needs_launch(self) -> bool:
+        env = self.cluster_environment
+        if env is None or env.creates_processes_externally or os.environ.get("FULMEN_LAUNCHED"):
+            return False
+        return self.num_processes > 1
+
+    @property
+    def defers_setup(self) -> bool:
+        """spawn/fork: the parent only launches; processes set themselves up."""
+        launcher = self.launcher
+        return launcher is not None and not getattr(launcher, "starts_in_place", False)
+
+    # ------------------------------------------------------------------ setup
+    def setup_environment(self) -> None:
+        self.fill_defaults()
+        env = self.cluster_environment
+        if isinstance(env, LocalEnvironment):
+            env.num_processes, env.num_nodes = self.num_processes, self.num_nodes
+        launcher = self.launcher
+        if launcher is not None and getattr(launcher, "starts_in_place", False):
+            launcher.start_other_processes()  # ddp: re-run the command for local ranks 1..n-1
+        self._check_layout()
+        self.accelerator.setup_device(self.root_device)
+        self.precision.setup(self.root_device)
+        self._init_process_group()
+        self._environment_ready = True
+
+    def _check_layout(self) -> None:
+        env = self.cluster_environment
+        expected = self.num_processes * self.num_nodes
+        if env.creates_processes_externally and env.world_size() != expected:
+            raise FulmenConfigError(
+                f"the {env.name or type(env).__name__} environment started {env.world_size()} processes, but "
+                f"devices={self.num_processes} x num_nodes={self.num_nodes} = {expected}; make them match "
+                "(for example srun --ntasks-per-node=devices, torchrun --nproc_per_node=devices)"
+            )
+
+    def _backend(self) -> str:
+        if self.process_group_backend:
+            return self.process_group_backend
+        return "nccl" if self.root_device.type == "cuda" else "gloo"
+
+    def _init_process_group(self) -> None:
+        if dist.is_initialized():
+            return
+        env = self.cluster_environment
+        os.environ["MASTER_ADDR"] = str(env.main_address)
+        os.environ["MASTER_PORT"] = str(env.main_port)
+        dist.init_process_group(
+            self._backend(), rank=self.global_rank, world_size=self.world_size, timeout=self.timeout,
+        )
+        # Leaving with the group alive lets gloo's threads abort the process (SIGABRT) when
+        # a peer disconnects first; close it in an orderly way at exit.
+        atexit.register(_destroy_process_group)
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        module = self.precision.convert_module(module)
+        if self.sync_batchnorm:
+            if self.root_device.type == "cpu":
+                raise FulmenConfigError(
+                    "sync_batchnorm=True needs CUDA devices (torch's SyncBatchNorm does not run on the "
+                    "CPU); set sync_batchnorm=False"
+                )
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        module = module.to(self.root_device)
+        device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids, **self.ddp_kwargs)
+
+    def no_backward_sync(self, module: nn.Module, enabled: bool = True) -> ContextManager:
+        if enabled and isinstance(module, DistributedDataParallel):
+            return module.no_sync()
+        return contextlib.nullcontext()
+
+    @property
+    def distributed_sampler_kwargs(self) -> Dict[str, int]:
+        return {"num_replicas": self.world_size, "rank": self.global_rank}
+
+    def process_dataloader(self, dataloader: Any) -> Any:
+        from fulmen.dataloading import distribute
+
+        return distribute(dataloader, **self.distributed_sampler_kwargs)
+
+    # ------------------------------------------------------------------ collectives
+    def all_reduce(self, tensor: torch.Tensor, reduce_op: str = "mean") -> torch.Tensor:
+        op = _REDUCE_OPS.get(reduce_op)
+        if op is None:
+            raise FulmenConfigError(f"reduce_op={reduce_op!r}; use 'mean', 'sum', 'max' or 'min'")
+        out = tensor.detach().clone()
+        if out.device.type == "cpu" and self._backend() == "nccl":
+            out = out.to(self.root_device)
+        dist.all_reduce(out, op=op)
+        if reduce_op == "mean":
+            out = out / self.world_size if out.is_floating_point() else out // self.world_size
+        return out.to(tensor.device)
+
+    def all_gather(self, tensor: torch.Tensor, sync_grads: bool = False) -> torch.Tensor:
+        if sync_grads:
+            import torch.distributed.nn.functional as dist_fn
+
+            return torch.stack(dist_fn.all_gather(tensor))
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.stack(parts)
+
+    def all_gather_object(self, obj: Any) -> List[Any]:
+        out: List[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def barrier(self, name: Optional[str] = None) -> None:
+        if not dist.is_initialized():
+            return
+        if self._backend() == "nccl":
+            dist.barrier(device_ids=[self.root_device.index])
+        else:
+            dist.barrier()
+
+    # ------------------------------------------------------------------ state
+    def module_state_dict(self, module: nn.Module) -> Dict[str, Any]:
+        if isinstance(module, DistributedDataParallel):
+            module = module.module
+        return module.state_dict()
+
+    def teardown(self) -> None:
+        super().teardown()
+        if self._launcher is not None:
+            self._launcher.teardown()
+
+
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # the job is ending; a peer may already be gone
+            pass

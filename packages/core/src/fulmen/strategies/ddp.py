@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fulmen.environments.local import LocalEnvironment
 from fulmen.errors import FulmenConfigError
 from fulmen.strategies.base import Strategy
+from fulmen.strategies.launchers import guards
 
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "mean": dist.ReduceOp.SUM}
 DEFAULT_TIMEOUT = timedelta(minutes=30)
@@ -101,7 +102,9 @@ class DDPStrategy(Strategy):
     @property
     def launcher(self):
         """The launcher that still has to start processes, or None if they all exist."""
-        if self._launcher is None and self._needs_launch():
+        if not self._needs_launch():
+            return None  # e.g. inside a rank that a launcher started
+        if self._launcher is None:
             from fulmen.strategies.launchers import MultiprocessingLauncher, SubprocessScriptLauncher
 
             if self.start_method == "popen":
@@ -115,6 +118,13 @@ class DDPStrategy(Strategy):
         if env is None or env.creates_processes_externally or os.environ.get("FULMEN_LAUNCHED"):
             return False
         return self.num_processes > 1
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # A strategy object given to the Trainer travels to spawned ranks; its launcher
+        # belongs to the launching process only.
+        state = dict(self.__dict__)
+        state["_launcher"] = None
+        return state
 
     @property
     def defers_setup(self) -> bool:
@@ -132,6 +142,8 @@ class DDPStrategy(Strategy):
         if launcher is not None and getattr(launcher, "starts_in_place", False):
             launcher.start_other_processes()  # ddp: re-run the command for local ranks 1..n-1
         self._check_layout()
+        if os.environ.get(guards.ENV_PARENT_PID) and self.local_rank != 0:
+            guards.install_child_guards(self.global_rank)
         self.accelerator.setup_device(self.root_device)
         self.precision.setup(self.root_device)
         self._init_process_group()

@@ -18,6 +18,8 @@ import torch.multiprocessing as mp
 
 from fulmen.strategies.launchers import guards
 
+GRACE_SECONDS = 3.0
+
 
 def _worker(local_rank: int, function: Callable, args: tuple, kwargs: dict, env: dict, result_file: str) -> None:
     os.environ.update(env)
@@ -61,13 +63,17 @@ class MultiprocessingLauncher:
         }
         with tempfile.TemporaryDirectory(prefix="fulmen-spawn-") as tmp:
             result_file = str(Path(tmp) / "result.pt")
-            mp.start_processes(
+            context = mp.start_processes(
                 _worker,
                 args=(function, args, kwargs, env, result_file),
                 nprocs=nproc,
-                join=True,
+                join=False,
                 start_method=self.start_method,
             )
+            # When one rank fails the others may sit in a collective, deaf to SIGTERM until it
+            # times out: a short grace period, then SIGKILL, so the job ends in seconds.
+            while not context.join(grace_period=GRACE_SECONDS):
+                pass
             if not Path(result_file).exists():
                 return None
             return torch.load(result_file, weights_only=False)  # written by our own rank 0 just now

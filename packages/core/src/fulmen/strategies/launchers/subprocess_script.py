@@ -133,8 +133,18 @@ class SubprocessScriptLauncher:
     def _at_exit(self) -> None:
         failed_here = hasattr(sys, "last_value") or hasattr(sys, "last_exc")
         if failed_here:
+            # Often this rank's error is only the echo of another rank's (a closed
+            # connection): give the others a moment to report, then name the real cause.
             self._done.set()
+            time.sleep(0.5)
+            causes = [
+                guards.describe_failure(self._error_dir, rank, process.returncode)
+                for rank, process in self.children
+                if process.poll() not in (None, 0)
+            ]
             self._kill_children()
+            if causes:
+                sys.stderr.write(f"\nfulmen: {'; '.join(causes)}; the error above on rank 0 followed from it\n")
             return
         # Rank 0 finished: the others finish too, unless one is stuck or failing.
         deadline = time.monotonic() + self.strategy.timeout.total_seconds()

@@ -24,7 +24,16 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
+_SUBPACKAGES = frozenset(
+    {"accelerators", "callbacks", "environments", "errors", "io", "loggers", "plugins", "precision", "strategies", "utilities", "dataloading", "hookspecs"}
+)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:  # ``fulmen.callbacks.ModelCheckpoint`` without a separate import
+        value = importlib.import_module(f"fulmen.{name}")
+        globals()[name] = value
+        return value
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'fulmen' has no attribute {name!r}")

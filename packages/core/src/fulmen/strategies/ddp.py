@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import sys
 from datetime import timedelta
 from typing import Any, ContextManager, Dict, List, Optional, Union
 
@@ -256,9 +257,22 @@ class DDPStrategy(Strategy):
             self._launcher.teardown()
 
 
-def _destroy_process_group() -> None:
-    if dist.is_available() and dist.is_initialized():
-        try:
-            dist.destroy_process_group()
-        except Exception:  # the job is ending; a peer may already be gone
-            pass
+def _destroy_process_group(failed: Optional[bool] = None) -> None:
+    """Leave the group together: a rank that tears down while a peer still talks to it
+    gets its gloo threads aborted ("terminate called without an active exception")."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if failed is None:
+        failed = hasattr(sys, "last_value") or hasattr(sys, "last_exc")
+    try:
+        if not failed:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=timedelta(seconds=EXIT_BARRIER_SECONDS))
+            else:
+                dist.barrier()
+        dist.destroy_process_group()
+    except Exception:  # the job is ending; a peer may already be gone
+        pass
+
+
+EXIT_BARRIER_SECONDS = 30

@@ -21,6 +21,8 @@ from typing import List, Tuple
 from fulmen.errors import FulmenConfigError
 from fulmen.strategies.launchers import guards
 
+PREEMPTED_EXIT_CODE = 75  # a rank that saved and left on a preemption signal did not fail
+
 
 def script_command() -> List[str]:
     main = sys.modules.get("__main__")
@@ -107,7 +109,7 @@ class SubprocessScriptLauncher:
         while not self._done.is_set():
             for rank, process in self.children:
                 code = process.poll()
-                if code is not None and code != 0:
+                if code is not None and code not in (0, PREEMPTED_EXIT_CODE):
                     self._abort(guards.describe_failure(self._error_dir, rank, code))
             time.sleep(0.2)
 
@@ -155,7 +157,7 @@ class SubprocessScriptLauncher:
                 self._abort(f"rank {rank} did not finish within the timeout after rank 0 did")
         self._done.set()
         for rank, process in self.children:
-            if process.returncode:
+            if process.returncode not in (0, PREEMPTED_EXIT_CODE):
                 self._abort(guards.describe_failure(self._error_dir, rank, process.returncode))
 
     def teardown(self) -> None:

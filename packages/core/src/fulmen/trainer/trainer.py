@@ -64,6 +64,7 @@ class Trainer:
         detect_anomaly: bool = False,
         inference_mode: bool = True,
         use_distributed_sampler: bool = True,
+        sync_batchnorm: bool = False,
         default_root_dir: Optional[Union[str, os.PathLike]] = None,
         plugins: Optional[Sequence[Any]] = None,
         allow_plugins: Optional[Sequence[str]] = None,
@@ -76,6 +77,12 @@ class Trainer:
             precision=precision, plugins=plugins, allow_plugins=allow_plugins, deny_plugins=deny_plugins,
         )
         self.strategy = self.fabric.strategy
+        if sync_batchnorm:
+            if not hasattr(self.strategy, "sync_batchnorm"):
+                raise FulmenConfigError(
+                    f"sync_batchnorm=True needs a multi-process strategy (ddp, fsdp, ...); {self.strategy.name or type(self.strategy).__name__!r} has none"
+                )
+            self.strategy.sync_batchnorm = True
         self.default_root_dir = str(default_root_dir) if default_root_dir is not None else os.getcwd()
 
         dev_run = parse_fast_dev_run(fast_dev_run)

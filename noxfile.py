@@ -1,4 +1,5 @@
-"""Sessions behind the README's commands: ``nox -s demo`` and ``nox -s tests``.
+"""Sessions behind the README's commands: ``nox -s demo`` and ``nox -s tests`` (plus
+``nox -s loggers``, which CI also runs: the logger backends' tests).
 
 Each session builds its own virtualenv from nothing, installs torch (CPU build where this
 machine keeps one on disk) and the five fulmen distributions, then runs.
@@ -58,3 +59,42 @@ def tests(session: nox.Session) -> None:
     session.install(*_find_links(), *TEST_DEPS)
     install_fulmen(session)
     session.run("python", "-m", "pytest", "tests", *session.posargs)
+
+
+@nox.session
+def loggers(session: nox.Session) -> None:
+    """The MLflow, W&B and TensorBoard loggers against the real backends (a local ``mlflow
+    server``, W&B offline, TensorBoard event files): ``fulmen-loggers[all]`` on top of the
+    ``tests`` session's install. The default ``tests`` session skips these backend tests."""
+    install_torch(session)
+    session.install(*_find_links(), *TEST_DEPS)
+    install_fulmen(session)
+    session.install(*_find_links(), "-e", "./packages/loggers[all]")
+    session.run("python", "-m", "pytest", "tests/loggers", *session.posargs)
+
+
+@nox.session
+def checkpoint_stress(session: nox.Session) -> None:
+    """Many kill-and-resume runs that must end bitwise identical (``-- --runs N --seed S``)."""
+    install_torch(session)
+    session.install(*_find_links(), *TEST_DEPS)
+    install_fulmen(session)
+    session.run("python", "benchmarks/checkpoint_stress.py", *session.posargs)
+
+
+@nox.session
+def benchmarks(session: nox.Session) -> None:
+    """CPU benchmarks against a raw PyTorch loop and Lightning, a few minutes (``benchmarks/RESULTS.md``).
+
+    Lightning is installed here only, for the comparison (``-- --no-lightning`` skips it); it
+    is never a dependency of fulmen. Other arguments go to ``benchmarks/run_cpu.py``
+    (``--quick``, ``--only ...``, ``--deps``).
+    """
+    install_torch(session)
+    session.install(*_find_links(), "-e", "packages/core")
+    args = list(session.posargs)
+    if "--no-lightning" in args:
+        args.remove("--no-lightning")
+    else:
+        session.install(*_find_links(), "lightning")
+    session.run("python", "benchmarks/run_cpu.py", *args)

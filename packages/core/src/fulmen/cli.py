@@ -1,4 +1,5 @@
-"""``fulmen`` command line: ``fulmen plugins [--json]``."""
+"""``fulmen`` command line: ``fulmen plugins [--json]``, plus the subcommands plugins add
+through the ``register_cli_commands`` hook (for example ``fulmen loggers replay DIR``)."""
 
 from __future__ import annotations
 
@@ -23,14 +24,29 @@ def _plugin_rows():
         names = sorted(n for n, e in table.items() if e.plugin == "fulmen")
         if names:
             builtin["registers"][kind] = names
+    builtin["unavailable"] = _unavailable_names(registry, "fulmen")
     rows.append(builtin)
     for record in plugin_set.records:
         row = record.as_dict()
         if record.name in plugin_set.disabled:
             row["status"] = discovery.DISABLED
             row["reason"] = plugin_set.disabled[record.name]
+        row["unavailable"] = _unavailable_names(registry, record.name)
         rows.append(row)
     return rows
+
+
+def _unavailable_names(registry, plugin: str):
+    """{kind: {name: reason}} for names whose factory says it cannot work here (a factory may
+    define ``unavailable_reason()`` returning None or why, e.g. a missing backend library)."""
+    out = {}
+    for kind, table in registry.tables.items():
+        for name, entry in table.items():
+            check = getattr(entry.factory, "unavailable_reason", None)
+            reason = check() if entry.plugin == plugin and callable(check) else None
+            if reason:
+                out.setdefault(kind, {})[name] = reason
+    return out
 
 
 def _print_table(rows) -> None:
@@ -42,9 +58,16 @@ def _print_table(rows) -> None:
             print(f"    requires {row['requirement']}")
         for kind, names in sorted(row["registers"].items()):
             print(f"    {kind}: {', '.join(names)}")
+        for kind, reasons in sorted(row.get("unavailable", {}).items()):
+            for name, reason in sorted(reasons.items()):
+                print(f"    {kind} {name}: unavailable - {reason}")
 
 
 def cmd_plugins(args) -> int:
+    if getattr(args, "check", False):
+        from fulmen.plugins.check import run_check
+
+        return run_check(as_json=args.json)
     rows = _plugin_rows()
     if args.json:
         json.dump({"fulmen_version": discovery.fulmen_version(), "plugins": rows}, sys.stdout, indent=2)
@@ -54,12 +77,44 @@ def cmd_plugins(args) -> int:
     return 0
 
 
+def _add_plugin_commands(sub) -> None:
+    """Subcommands from the ``register_cli_commands`` hook; a plugin that fails here is a
+    warning, as everywhere else, and the other commands still work."""
+    import warnings
+
+    from fulmen.errors import FulmenError, FulmenPluginWarning
+    from fulmen.plugins import manager
+
+    try:
+        pm = manager.build().manager
+    except FulmenError as exc:  # e.g. a broken fulmen.toml, which `fulmen plugins --check` reports
+        warnings.warn(f"commands from plugins are unavailable: {exc}", FulmenPluginWarning, stacklevel=2)
+        return
+    for impl in pm.hook.register_cli_commands.get_hookimpls():
+
+        def register(name: str, configure, help: str = "", _plugin=impl.plugin_name) -> None:
+            if name in sub.choices:
+                warnings.warn(f"plugin {_plugin!r} tried to add the command {name!r}, which exists; ignored",
+                              FulmenPluginWarning, stacklevel=2)
+                return
+            configure(sub.add_parser(name, help=help, description=help))
+
+        try:
+            impl.function(*[register for _ in impl.argnames])
+        except Exception as exc:
+            warnings.warn(f"plugin {impl.plugin_name!r} failed to add its commands: {exc}", FulmenPluginWarning, stacklevel=2)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="fulmen", description="fulmen training framework tools")
     sub = parser.add_subparsers(dest="command")
     plugins = sub.add_parser("plugins", help="list discovered plugins, what they register and their status")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.add_argument("--check", action="store_true",
+                         help="validate the installed plugins against the configuration (fulmen.toml, "
+                              "[tool.fulmen], FULMEN_* variables); exit 1 on problems")
     plugins.set_defaults(func=cmd_plugins)
+    _add_plugin_commands(sub)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -97,6 +97,19 @@ def register_checkpoint_io(register):
     """Add checkpoint IO (``CheckpointIO`` subclasses); ``Trainer(plugins=[name])``."""
 
 
+# --------------------------------------------------------------------------- command line
+
+
+@hookspec
+def register_cli_commands(register):
+    """Add subcommands to the ``fulmen`` command line. Called when ``fulmen`` starts, with
+    ``register(name, configure, help="")``: ``configure(parser)`` receives the subcommand's
+    ``argparse`` parser, adds its arguments (or nested subcommands) and sets the function that
+    runs it with ``parser.set_defaults(func=run)``; ``run(args)`` returns the exit status.
+    Keep ``configure`` import-light: import what the command needs inside ``run``. A name
+    that is already taken (``plugins``, or another plugin's) is refused with a warning."""
+
+
 # --------------------------------------------------------------------------- setup/teardown
 
 
@@ -309,4 +322,7 @@ LIFECYCLE_HOOKS = tuple(
     for name in list(globals())
     if name.startswith("on_") or name in ("setup", "teardown")
 )
-REGISTRATION_HOOKS = tuple(name for name in list(globals()) if name.startswith("register_"))
+# Registration hooks that fill the registry (one kind each); CLI commands are not registry entries.
+REGISTRATION_HOOKS = tuple(
+    name for name in list(globals()) if name.startswith("register_") and name != "register_cli_commands"
+)

@@ -219,6 +219,9 @@ class Module(HookCarrier, nn.Module):
                 f"{sorted(init_args)}: {exc}. Pass the missing arguments as keywords to "
                 "load_from_checkpoint, or call save_hyperparameters() in __init__"
             ) from None
+        configure_model = getattr(module, "configure_model", None)
+        if callable(configure_model):  # layers built there (see Trainer) must exist to load into
+            configure_model()
         on_load = getattr(module, "on_load_checkpoint", None)
         if callable(on_load) and "checkpoint" in inspect.signature(on_load).parameters:
             on_load(checkpoint=checkpoint)

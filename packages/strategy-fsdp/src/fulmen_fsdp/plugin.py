@@ -1,9 +1,48 @@
 """Entry point of fulmen-strategy-fsdp in the ``fulmen.plugins`` group.
 
 fulmen imports this module at the first Trainer/Fabric, after checking this distribution's
-requirement on ``fulmen``. It must stay import-light: backend libraries are imported
-inside factories, when a user asks for one of this package's names (fsdp,fsdp_cpu_offload,hsdp).
-No names are registered yet: the backend is being built (see the project's issues), and an
-installed but empty plugin is reported as such by ``fulmen plugins`` and by the error
-for an unknown name, rather than failing later inside a half-made strategy.
+requirement on ``fulmen``. It stays import-light: ``torch.distributed.fsdp`` and the
+strategy module are imported by the factories, only when a user asks for one of the names.
 """
+
+from __future__ import annotations
+
+from fulmen.hookspecs import hookimpl
+
+_STRATEGY = "fulmen_fsdp.strategy:FSDPStrategy"
+
+
+def _lazy(path: str, **preset):
+    """A factory that imports ``module:Class`` when called; ``options`` override ``preset``."""
+    module_name, _, class_name = path.partition(":")
+
+    def resolve():
+        import importlib
+
+        return getattr(importlib.import_module(module_name), class_name)
+
+    def factory(**options):
+        return resolve()(**{**preset, **options})
+
+    factory.__name__ = class_name
+    factory.resolve = resolve
+    return factory
+
+
+@hookimpl
+def register_strategies(register):
+    register(
+        "fsdp",
+        _lazy(_STRATEGY),
+        "Fully Sharded Data Parallel (FSDP2): parameters, gradients and optimizer state sharded across processes",
+    )
+    register(
+        "fsdp_cpu_offload",
+        _lazy(_STRATEGY, cpu_offload=True),
+        "fsdp with sharded parameters, gradients and optimizer state kept in CPU memory",
+    )
+    register(
+        "hsdp",
+        _lazy(_STRATEGY, sharding_strategy="hybrid"),
+        "hybrid sharding: shard within a node, replicate across nodes (2-D device mesh)",
+    )

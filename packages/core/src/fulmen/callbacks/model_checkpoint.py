@@ -100,6 +100,8 @@ class ModelCheckpoint(Callback):
         self._last_time_saved = time.monotonic()
 
     def on_train_batch_end(self, trainer) -> None:
+        if not self.every_n_train_steps and self.train_time_interval is None:
+            return  # saves at epoch ends or validations (the default): nothing to do per batch
         if self._skip(trainer):
             return
         due = False
@@ -227,7 +229,7 @@ class ModelCheckpoint(Callback):
         target = str(Path(self.dirpath) / (self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION))
         written = self._last_written
         source = written[0] if written and written[1] == trainer.global_step else ""
-        if source and Path(source).exists():
+        if source and Path(source).is_file():  # a sharded checkpoint (a directory) is saved again
             # The same state was just written: copy the bytes instead of serialising again.
             if trainer.is_global_zero:
                 with atomic_open(target) as out, open(source, "rb") as src:
@@ -240,9 +242,11 @@ class ModelCheckpoint(Callback):
     def _write(self, trainer, path: str) -> None:
         trainer.save_checkpoint(path, weights_only=self.save_weights_only)
         self._last_written = (path, trainer.global_step)
+        # Trackers name uploads by these: "best" while this file is the best so far.
+        aliases = ["latest", "best"] if path == self.best_model_path else ["latest"]
         for logger in trainer.loggers:
             if trainer.is_global_zero:
-                logger.log_checkpoint(path)
+                logger.log_checkpoint(path, aliases=aliases)
 
     def _remove(self, trainer, path: str) -> None:
         trainer.strategy.remove_checkpoint(path)

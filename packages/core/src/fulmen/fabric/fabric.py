@@ -16,6 +16,7 @@ from torch import nn
 from fulmen.errors import FulmenConfigError
 from fulmen.fabric.connector import STRATEGY_PARTS, resolve_strategy
 from fulmen.fabric.wrappers import DeviceDataLoader, FabricModule, FabricOptimizer
+from fulmen.plugins import config as plugin_config
 from fulmen.plugins import manager as plugin_manager
 from fulmen.strategies.base import Strategy
 from fulmen.strategies.capabilities import SupportsNoBackwardSync
@@ -39,7 +40,7 @@ class Fabric:
         strategy: Any = "auto",
         devices: Any = "auto",
         num_nodes: int = 1,
-        precision: Any = "32-true",
+        precision: Any = None,
         plugins: Optional[Sequence[Any]] = None,
         callbacks: Optional[Union[Any, Sequence[Any]]] = None,
         loggers: Optional[Union[Any, Sequence[Any]]] = None,
@@ -53,6 +54,9 @@ class Fabric:
         hook_objects += requested_plugins(parts, allow_plugins, deny_plugins)
         self._plugin_set = plugin_manager.build(allow=allow_plugins, deny=deny_plugins, explicit=hook_objects)
         self._registry = self._plugin_set.registry
+        # A curated distribution's required plugins are checked here, before any training;
+        # its defaults fill in accelerator/strategy/precision left unset ("auto"/None).
+        accelerator, strategy, precision = plugin_config.apply(self._plugin_set, accelerator, strategy, precision)
         self._strategy, hook_plugins = resolve_strategy(
             self._registry,
             accelerator=accelerator,

@@ -73,7 +73,8 @@ class TorchCheckpointIO(CheckpointIO):
         if path.is_dir():
             raise FulmenCheckpointError(
                 f"checkpoint {str(path)!r} is a directory; this is a sharded checkpoint that "
-                "needs the strategy that wrote it (for example fulmen-strategy-fsdp)"
+                "needs the strategy that wrote it (for example fulmen-strategy-fsdp), or convert it "
+                "into one file first: fulmen-fsdp consolidate DIR OUT.ckpt"
             )
         if self.verify:
             integrity.verify(path)

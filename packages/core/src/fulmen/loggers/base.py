@@ -30,7 +30,13 @@ class Logger:
         pass
 
     def log_checkpoint(self, path: str, aliases: Optional[list] = None) -> None:
-        """A checkpoint file was written; trackers with artifact stores may upload it."""
+        """A checkpoint file was written; trackers with artifact stores may upload it.
+        ``aliases`` (from ModelCheckpoint): ``["latest"]``, plus ``"best"`` while the file
+        is the best so far."""
+
+    def log_graph(self, model: Any, input_array: Any = None) -> None:
+        """Once at the start of fit, on global rank zero: trackers that draw the model may
+        trace it (``input_array`` defaults to ``model.example_input_array``)."""
 
     def save(self) -> None:
         pass

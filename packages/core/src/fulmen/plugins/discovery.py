@@ -189,13 +189,18 @@ def disabled_reason(
 def effective_lists(
     allow: Optional[Sequence[str] | str] = None, deny: Optional[Sequence[str] | str] = None
 ):
-    """Combine the environment's lists with a Trainer's arguments (arguments add to them)."""
+    """Combine the configuration files' lists (``fulmen.plugins.config``), the environment's
+    and a Trainer's arguments: each adds to the others, so nothing can undo a deny."""
+    from fulmen.plugins import config
+
+    cfg = config.active()
     env_allow = split_names(os.environ.get(ENV_ALLOW))
     env_deny = split_names(os.environ.get(ENV_DENY))
     arg_allow = split_names(allow)
     arg_deny = split_names(deny)
-    allow_set = None if env_allow is None and arg_allow is None else (env_allow or set()) | (arg_allow or set())
-    deny_set = (env_deny or set()) | (arg_deny or set())
+    allows = [names for names in (cfg.allow, env_allow, arg_allow) if names is not None]
+    allow_set = set().union(*allows) if allows else None
+    deny_set = set(cfg.deny) | (env_deny or set()) | (arg_deny or set())
     return allow_set, deny_set or None
 
 

@@ -16,7 +16,7 @@ import pluggy
 
 from fulmen import hookspecs
 from fulmen.errors import FulmenPluginWarning, FulmenUserCodeError
-from fulmen.plugins import discovery
+from fulmen.plugins import deprecations, discovery, tracing
 from fulmen.plugins.registry import KINDS, Registry
 
 _REGISTRATION_KIND = {
@@ -57,6 +57,8 @@ class FulmenPluginManager(pluggy.PluginManager):
     def __init__(self) -> None:
         super().__init__(hookspecs.PROJECT_NAME)
         self.add_hookspecs(hookspecs)
+        deprecations.apply(self)  # pluggy's warn_on_impl for the hooks listed there
+        tracing.install(self)  # FULMEN_TRACE_PLUGINS=1
 
     def parse_hookimpl_opts(self, plugin: Any, name: str):
         if isinstance(plugin, HookCarrier):
@@ -91,6 +93,7 @@ class PluginSet:
     registry: Registry
     records: List[discovery.PluginRecord] = field(default_factory=list)
     disabled: Dict[str, str] = field(default_factory=dict)
+    config: Any = None  # fulmen.plugins.config.PluginConfig: allow/deny/require/defaults
 
 
 def _run_registrations(pm: FulmenPluginManager, registry: Registry, dist_of: Dict[str, Any]):
@@ -108,7 +111,7 @@ def _run_registrations(pm: FulmenPluginManager, registry: Registry, dist_of: Dic
             dist = record.distribution if record is not None else None
             register = registry.registrar(kind, plugin_name, dist)
             before = set(registry.tables[kind])
-            impl.function(*[register for _ in impl.argnames])
+            tracing.call_registration(pm, hook_name, impl, register)
             if record is not None:
                 record.registers[kind] = sorted(
                     set(record.registers.get(kind, ())) | (set(registry.tables[kind]) - before)
@@ -122,16 +125,17 @@ def build(
 ) -> PluginSet:
     """Create the manager of one Trainer/Fabric and fill its registry."""
     from fulmen import builtins
+    from fulmen.plugins import config as plugin_config
 
     pm = FulmenPluginManager()
     registry = Registry()
     pm.register(builtins, name="fulmen")
     allow_set, deny_set = discovery.effective_lists(allow, deny)
-    plugin_set = PluginSet(pm, registry)
+    plugin_set = PluginSet(pm, registry, config=plugin_config.active())
     by_plugin: Dict[str, discovery.PluginRecord] = {}
     for record in discovery.records().values():
         plugin_set.records.append(record)
-        reason = discovery.disabled_reason(record, allow_set, deny_set)
+        reason = plugin_config.disabled_reason(plugin_set.config, record, allow_set, deny_set)
         if reason is not None:
             plugin_set.disabled[record.name] = reason
             _mark_unavailable(registry, record, reason)

@@ -203,7 +203,8 @@ def _rng_for_rank(saved: Optional[Dict[str, Any]], rank: int) -> Optional[Dict[s
 
 
 def _newest_first(paths) -> List[str]:
-    unique = {str(Path(p)) for p in paths if Path(p).is_file()}
+    # Directories too: a sharded checkpoint (fulmen-strategy-fsdp) is one directory.
+    unique = {str(Path(p)) for p in paths if Path(p).exists()}
     return sorted(unique, key=lambda p: Path(p).stat().st_mtime, reverse=True)
 
 

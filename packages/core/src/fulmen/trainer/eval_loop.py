@@ -38,6 +38,7 @@ def run_evaluation(trainer, stage: str, loaders: List[Any], limits: List[float])
     step_name, prefix = STAGES[stage]
     module = trainer.module
     step = getattr(module, step_name)
+    dispatch = trainer._step if getattr(trainer, "_dispatcher", None) is not None else None
     pass_idx = len(loaders) > 1 and takes_dataloader_idx(step)
     metrics = trainer._metrics
     was_training = module.training
@@ -63,11 +64,14 @@ def run_evaluation(trainer, stage: str, loaders: List[Any], limits: List[float])
                     metrics.phase = f"{prefix}_step"
                     metrics.start_batch(first_batch_size(batch))
                     trainer._call(f"on_{prefix}_batch_start", batch=batch, batch_idx=batch_idx, dataloader_idx=dataloader_idx)
+                    args = (batch, batch_idx, dataloader_idx) if pass_idx else (batch, batch_idx)
                     with trainer.strategy.forward_context():
-                        if pass_idx:
-                            output = step(batch, batch_idx, dataloader_idx)
+                        if dispatch is not None:
+                            # Through the module the strategy wrapped, as training_step: a sharded
+                            # (FSDP) module gathers its parameters in that module's forward.
+                            output = dispatch(step_name, *args)
                         else:
-                            output = step(batch, batch_idx)
+                            output = step(*args)
                     if stage == "predict":
                         outputs.append(output)
                     trainer._call(

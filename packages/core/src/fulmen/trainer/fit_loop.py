@@ -14,7 +14,6 @@ import torch
 from fulmen.errors import FulmenError, FulmenUserCodeError
 from fulmen.trainer import preemption
 from fulmen.trainer.eval_loop import run_evaluation
-from fulmen.utilities.apply import first_batch_size
 
 
 class NonFiniteLossError(FulmenError, FloatingPointError):
@@ -85,7 +84,7 @@ def _training_step(trainer, batch: Any, batch_idx: int) -> Any:
 
 def _forward_backward(trainer, batch: Any, batch_idx: int, holder: dict) -> Optional[torch.Tensor]:
     """training_step, loss checks, backward with its hooks; returns the unscaled loss."""
-    output = _training_step(trainer, batch, batch_idx)
+    output = trainer._step("training_step", batch, batch_idx)
     holder["output"] = output
     loss = extract_loss(output, automatic=True)
     if loss is None:
@@ -110,7 +109,8 @@ def automatic_step(trainer, batch: Any, batch_idx: int, stepping: bool):
         return holder.get("output"), False  # training_step returned None: skip this batch
     raw_optimizer = optimizer.optimizer
     trainer._call("on_before_optimizer_step", optimizer=raw_optimizer)
-    trainer._clip_gradients(raw_optimizer)
+    if trainer.gradient_clip_val:
+        trainer._clip_gradients(raw_optimizer)
     calls = {"n": 0}
 
     def closure():
@@ -216,6 +216,9 @@ def run_training_epoch(trainer, resumed: bool = False) -> None:
     iterator = trainer._train_iterator(start)
     batch_idx = start
     exhausted = False
+    # Detaching training_step's output for on_train_batch_end costs a tensor op per step;
+    # skip it when no implementation of that hook takes ``outputs``.
+    wants_outputs = trainer._relay.wants("on_train_batch_end", "outputs")
     if resumed and progress.phase in ("batch_end", "boundary") and start > 0:
         # The checkpoint was written before its batch was done: finish that batch first.
         with warnings.catch_warnings():
@@ -240,14 +243,15 @@ def run_training_epoch(trainer, resumed: bool = False) -> None:
             break
         last = batch_idx + 1 >= limit
         metrics.stage, metrics.phase = "train", "train_step"
-        metrics.start_batch(first_batch_size(batch))
+        metrics.start_batch_of(batch)
         trainer._call("on_train_batch_start", batch=batch, batch_idx=batch_idx)
         if automatic:
             stepping = (batch_idx + 1) % accumulate == 0 or last
             output, stepped = automatic_step(trainer, batch, batch_idx, stepping)
             if stepped:
                 progress.global_step += 1
-                step_schedulers(trainer, "step")
+                if trainer.lr_scheduler_configs:
+                    step_schedulers(trainer, "step")
         else:
             output = manual_step(trainer, batch, batch_idx)
         # Count the batch as consumed before on_train_batch_end and the epoch-end validation:
@@ -262,10 +266,12 @@ def run_training_epoch(trainer, resumed: bool = False) -> None:
         else:
             progress.step_log_due = progress.total_batches % trainer.log_every_n_steps == 0
         progress.phase = "batch_end"
-        trainer._call("on_train_batch_end", outputs=detached_outputs(output), batch=batch, batch_idx=batch_idx)
+        outputs = detached_outputs(output) if wants_outputs else None
+        trainer._call("on_train_batch_end", outputs=outputs, batch=batch, batch_idx=batch_idx)
         batch_idx += 1
         if _finish_batch(trainer, last):
             break
+    metrics.settle_batch_size()  # keep the last batch's size, not a reference to the batch
     progress.epoch_complete = batch_idx >= limit or exhausted
 
 

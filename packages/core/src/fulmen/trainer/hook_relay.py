@@ -6,7 +6,9 @@ so a hook nobody implements costs one dict miss in the training step.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Callable, Dict, FrozenSet, List, Sequence, Tuple
+
+from pluggy import HookCallError
 
 from fulmen import hookspecs
 from fulmen.errors import FulmenConfigError
@@ -18,6 +20,10 @@ class HookRelay:
         self._pm = manager
         self._attached: List[Any] = []
         self._callers: Dict[str, Any] = {}
+        self._direct: Dict[str, Tuple[Tuple[Callable[..., Any], Tuple[str, ...]], ...]] = {}
+        self._argnames: Dict[str, FrozenSet[str]] = {}
+        # pluggy's call path, unless someone turned on tracing/monitoring (which replaces it).
+        self._plain_hookexec = getattr(manager, "_fulmen_untraced_hookexec", getattr(manager, "_inner_hookexec", None))
         self._refresh()
 
     def attach(self, module: Any, datamodule: Any, callbacks: Sequence[Any]) -> None:
@@ -51,15 +57,47 @@ class HookRelay:
 
     def _refresh(self) -> None:
         self._callers = {}
+        self._direct = {}
+        self._argnames = {}
+        self.implemented: FrozenSet[str] = frozenset()
         for name in hookspecs.LIFECYCLE_HOOKS:
             caller = getattr(self._pm.hook, name)
-            if caller.get_hookimpls():
-                self._callers[name] = caller
+            impls = caller.get_hookimpls()
+            if not impls:
+                continue
+            self._callers[name] = caller
+            self._argnames[name] = frozenset(arg for impl in impls for arg in impl.argnames)
+            firstresult = caller.spec is not None and caller.spec.opts.get("firstresult")
+            if not firstresult and all(not (impl.hookwrapper or getattr(impl, "wrapper", False) or getattr(impl, "kwargnames", ())) for impl in impls):
+                # Plain implementations only: call them as pluggy's _multicall would (last
+                # registered first, each with the arguments it names) without its machinery,
+                # which costs a few µs per hook and step. Wrappers keep pluggy's own path.
+                self._direct[name] = tuple((impl.function, tuple(impl.argnames)) for impl in reversed(impls))
+        # Hooks someone implements; the Trainer tests this before building a call's arguments.
+        self.implemented = frozenset(self._callers)
 
     def has(self, name: str) -> bool:
         return name in self._callers
 
+    def wants(self, name: str, argument: str) -> bool:
+        """Whether an implementation of ``name`` takes ``argument`` (worth computing it)."""
+        names = self._argnames.get(name)
+        return names is not None and argument in names
+
     def call(self, name: str, trainer: Any, module: Any, kwargs: Dict[str, Any]) -> None:
         caller = self._callers.get(name)
-        if caller is not None:
-            caller(trainer=trainer, module=module, **kwargs)
+        if caller is None:
+            return
+        direct = self._direct.get(name)
+        if direct is not None and getattr(self._pm, "_inner_hookexec", None) is self._plain_hookexec:
+            kwargs["trainer"] = trainer
+            kwargs["module"] = module
+            get = kwargs.__getitem__
+            for function, argnames in direct:
+                try:
+                    args = tuple(map(get, argnames))  # no Python frame, unlike a comprehension
+                except KeyError as exc:  # pluggy's error for the same mistake
+                    raise HookCallError(f"hook call must provide argument {exc.args[0]!r}") from exc
+                function(*args)
+            return
+        caller(trainer=trainer, module=module, **kwargs)

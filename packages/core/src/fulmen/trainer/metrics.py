@@ -14,12 +14,14 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from fulmen.errors import FulmenConfigError, FulmenUserCodeError
+from fulmen.utilities.apply import first_batch_size
 
 _REDUCE_ALIASES = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": "min"}
 _REDUCE_CALLABLES = {torch.mean: "mean", torch.sum: "sum", torch.max: "max", torch.min: "min"}
 
 # Default on_step/on_epoch by where ``self.log`` is called (Lightning's defaults).
 STEP_PHASES = frozenset({"train_step"})
+_NO_BATCH = object()
 
 
 def reduce_name(reduce_fx: Any) -> str:
@@ -56,7 +58,8 @@ class MetricStore:
         self.stage = "train"
         self.dataloader_idx: Optional[int] = None
         self.multiple_dataloaders = False
-        self.batch_size: Optional[int] = None
+        self._batch_size: Optional[int] = None
+        self._size_source: Any = _NO_BATCH  # a batch whose size is not read yet
         self._metrics: Dict[str, _Metric] = {}
         self.step_values: Dict[str, torch.Tensor] = {}  # logged in the current batch
         self.callback_metrics: Dict[str, torch.Tensor] = {}
@@ -125,7 +128,8 @@ class MetricStore:
                     f"self.log({name!r}) got a tensor of shape {tuple(value.shape)}; log a "
                     "scalar (for example value.mean())"
                 )
-            return value.detach().reshape(())
+            value = value.detach()
+            return value if value.dim() == 0 else value.reshape(())
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             try:
                 import numpy as np
@@ -156,10 +160,35 @@ class MetricStore:
             metric.weight += 1
 
     # ------------------------------------------------------------------ reading
+    @property
+    def batch_size(self) -> Optional[int]:
+        """The current batch's size (dimension 0 of its first tensor), found on first use."""
+        source = self._size_source
+        if source is not _NO_BATCH:
+            self._size_source = _NO_BATCH
+            self._batch_size = first_batch_size(source)
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: Optional[int]) -> None:
+        self._size_source = _NO_BATCH
+        self._batch_size = value
+
     def start_batch(self, batch_size: Optional[int]) -> None:
         self.batch_size = batch_size
         if self.step_values:
             self.step_values = {}
+
+    def start_batch_of(self, batch: Any) -> None:
+        """``start_batch`` with the size read from ``batch`` only if a ``self.log`` needs it
+        (an epoch-level mean without ``batch_size=``): most training steps never do."""
+        self._size_source = batch
+        if self.step_values:
+            self.step_values = {}
+
+    def settle_batch_size(self) -> None:
+        """Read the pending size now and drop the reference to the batch."""
+        self.batch_size  # noqa: B018 - the property does the work
 
     def step_metrics_for_loggers(self) -> Dict[str, float]:
         """Floats of this batch's on_step values (one host-device sync for all of them)."""

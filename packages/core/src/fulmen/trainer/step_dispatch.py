@@ -19,4 +19,5 @@ class StepDispatcher(nn.Module):
         self.step_name = "training_step"
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.module, self.step_name)(*args, **kwargs)
+        # ``_modules[...]`` skips nn.Module's ``__getattr__`` fallback (this runs every step).
+        return getattr(self._modules["module"], self.step_name)(*args, **kwargs)

@@ -15,6 +15,7 @@ import torch
 from fulmen.errors import FulmenConfigError, FulmenUserCodeError, FulmenWarning
 from fulmen.fabric.fabric import Fabric
 from fulmen.fabric.wrappers import DeviceDataLoader
+from fulmen.plugins import config as plugin_config
 from fulmen.trainer import checkpoint as ckpt
 from fulmen.trainer import data as data_utils
 from fulmen.trainer import fit_loop
@@ -36,7 +37,7 @@ class Trainer:
         strategy: Any = "auto",
         devices: Any = "auto",
         num_nodes: int = 1,
-        precision: Any = "32-true",
+        precision: Any = None,
         logger: Any = None,
         callbacks: Optional[Union[Any, Sequence[Any]]] = None,
         fast_dev_run: Union[int, bool] = False,
@@ -125,6 +126,7 @@ class Trainer:
         if self.deterministic:
             _make_deterministic()
 
+        logger = plugin_config.default_logger(logger, self.fabric._plugin_set)  # a distribution's default
         self.loggers = build_loggers(logger, self.fabric.registry, self.default_root_dir)
         self.callbacks = build_callbacks(
             self, callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary, max_time,
@@ -348,7 +350,9 @@ class Trainer:
         return result
 
     def _call(self, hook: str, **kwargs: Any) -> None:
-        self._relay.call(hook, self, self.module, kwargs)
+        relay = self._relay
+        if hook in relay.implemented:  # most hooks have no implementation: one set lookup
+            relay.call(hook, self, self.module, kwargs)
 
     # ------------------------------------------------------------------ fit
     def _fit(self, train_dataloaders, val_dataloaders) -> None:
@@ -396,14 +400,25 @@ class Trainer:
     def _setup_module(self) -> None:
         """Wrap the module once per model: DDP and friends must see training_step as forward."""
         if self._module_setup_for is not self.module:
+            configure_model = getattr(self.module, "configure_model", None)
+            if callable(configure_model):
+                # Layers built here may be created empty (meta device) by sharding strategies,
+                # which then materialise only this rank's shards in setup_module.
+                with self.fabric.init_module(empty_init=True):
+                    configure_model()
             self._dispatcher = StepDispatcher(self.module)
             self._forward_module = self.fabric.setup_module(self._dispatcher)
             self._module_setup_for = self.module
 
     def _step(self, name: str, *args: Any) -> Any:
         """Run ``training_step`` through the strategy's wrapper (precision, gradient sync)."""
-        self._dispatcher.step_name = name
-        return self._forward_module(*args)
+        dispatcher = self._dispatcher
+        if dispatcher.step_name != name:  # nn.Module.__setattr__ is slow; set only on change
+            dispatcher.step_name = name
+        # This FabricModule is the Trainer's own and nobody hooks it: calling its forward
+        # skips nn.Module.__call__'s bookkeeping. The wrapped module's __call__ (where DDP
+        # and FSDP hook in) still runs.
+        return self._forward_module.forward(*args)
 
     def _count_manual_step(self) -> None:
         self._progress.global_step += 1
@@ -563,6 +578,9 @@ class Trainer:
             params.update(dict(getattr(self.datamodule, "hparams", {}) or {}))
         for logger in self.loggers:
             logger.log_hyperparams(params)
+            log_graph = getattr(logger, "log_graph", None)  # loggers need not subclass Logger
+            if callable(log_graph):
+                log_graph(self.module)
         self._hparams_logged = True
 
     def _log_step_metrics(self) -> None:

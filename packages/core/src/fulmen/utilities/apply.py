@@ -22,7 +22,8 @@ def apply_to_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
     if isinstance(data, tuple) and hasattr(data, "_fields"):  # namedtuple
         return type(data)(*(apply_to_tensors(v, fn) for v in data))
     if isinstance(data, (list, tuple)):
-        return type(data)(apply_to_tensors(v, fn) for v in data)
+        # Tensors handled inline (the usual (x, y) batch): no recursive call per item.
+        return type(data)([fn(v) if isinstance(v, torch.Tensor) else apply_to_tensors(v, fn) for v in data])
     if dataclasses.is_dataclass(data) and not isinstance(data, type):
         changes = {
             f.name: apply_to_tensors(getattr(data, f.name), fn)
@@ -36,7 +37,12 @@ def apply_to_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
 def move_data_to_device(data: Any, device: torch.device) -> Any:
     """Move every tensor of a batch to ``device``; non-blocking where the copy can overlap."""
     non_blocking = device.type in ("cuda", "xla")
-    return apply_to_tensors(data, lambda t: t.to(device, non_blocking=non_blocking))
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        # ``to`` returns the tensor itself when it is already there; comparing first is cheaper.
+        return t if t.device == device else t.to(device, non_blocking=non_blocking)
+
+    return apply_to_tensors(data, move)
 
 
 def first_batch_size(data: Any) -> int | None:

@@ -1,0 +1,475 @@
+"""What the three loggers share: the local run directory, the delivery thread, hyperparameter
+flattening, checkpoint artifacts, resume state and rank-zero behaviour.
+
+A subclass says where its run directory is (``_root_dir``), which settings identify its run
+(``_settings``, stored in ``fulmen-delivery/meta.json`` so that ``fulmen loggers replay`` can
+rebuild the client), and names the function that builds its :class:`~fulmen_loggers._delivery.Sink`
+from those settings (``SINK``). Everything that talks to the backend runs on the delivery
+thread; the methods the Trainer calls only build records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+from fulmen.loggers.base import Logger
+
+from fulmen_loggers import _delivery
+from fulmen_loggers._delivery import (
+    ARTIFACT,
+    DELIVERY_DIR,
+    END,
+    METRICS,
+    PARAMS,
+    DeliveryOptions,
+    Dispatcher,
+    FulmenLoggerWarning,
+)
+
+LOG_MODEL_MODES = {False: "off", None: "off", "off": "off", True: "best", "best": "best", "all": "all"}
+
+
+def parse_log_model(value: Any) -> str:
+    try:
+        return LOG_MODEL_MODES[value]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"log_model={value!r}; use False (off), True or 'best' (best checkpoint at the end), or 'all'"
+        ) from None
+
+
+def is_global_zero() -> bool:
+    """Rank zero of an initialised process group, or the only process."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+_NOT_A_SCALAR = object()
+
+
+def _item(value: Any) -> Any:
+    """A one-element tensor or numpy value as a Python number, else ``_NOT_A_SCALAR``."""
+    item = getattr(value, "item", None)
+    if not callable(item):
+        return _NOT_A_SCALAR
+    numel = getattr(value, "numel", None)
+    try:
+        size = numel() if callable(numel) else getattr(value, "size", None)
+        if size == 1:
+            out = item()
+            if isinstance(out, (bool, int, float, str)):
+                return out
+    except Exception:
+        pass
+    return _NOT_A_SCALAR
+
+
+def _scalar(value: Any) -> Any:
+    if value is None:
+        return "None"
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    item = _item(value)
+    if item is not _NOT_A_SCALAR:
+        return item
+    if isinstance(value, (list, tuple, set)):
+        try:
+            return json.dumps([_plain(v) for v in value])
+        except (TypeError, ValueError):
+            return str(list(value))
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, type) or callable(value):
+        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}".lstrip(".")
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    scalar = _scalar(value)
+    return scalar
+
+
+def _items(value: Any):
+    import argparse
+
+    if isinstance(value, argparse.Namespace):
+        return vars(value).items()
+    if isinstance(value, Mapping):
+        return value.items()
+    return None
+
+
+def flatten_params(params: Mapping[str, Any], sep: str = "/") -> Dict[str, Any]:
+    """``{"optimizer": {"lr": 0.1}, "layers": [64, 64]}`` → ``{"optimizer/lr": 0.1, "layers": "[64, 64]"}``.
+
+    Nested mappings (and ``argparse.Namespace``) become ``sep``-joined keys; leaves become
+    bool/int/float/str (lists as JSON, ``None`` as ``"None"``, tensors and numpy scalars as
+    their value, classes and functions as their qualified name, anything else as ``str``).
+    """
+    out: Dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        items = _items(value)
+        if items is None:
+            out[prefix] = _scalar(value)
+            return
+        items = list(items)
+        if not items and prefix:
+            out[prefix] = "{}"
+        for key, child in items:
+            walk(f"{prefix}{sep}{key}" if prefix else str(key), child)
+
+    walk("", params)
+    return out
+
+
+def nested_params(params: Mapping[str, Any]) -> Dict[str, Any]:
+    """The same values as nested plain data (for backends that keep structure, like W&B)."""
+    out = _plain(dict(_items(params) or {}))
+    return out if isinstance(out, dict) else {}
+
+
+def params_digest(flat: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class TrackingLogger(Logger):
+    """Base of :class:`MLflowLogger`, :class:`WandbLogger` and :class:`TensorBoardLogger`."""
+
+    LABEL = "backend"
+    BACKEND = "backend"
+    SINK = ""  # "module:function" building the Sink from meta.json's settings
+    WRITE_AHEAD = False  # journal every record before sending (backends that buffer in memory)
+    _NAME_OK = re.compile(r".*")
+
+    def __init__(
+        self,
+        save_dir: Union[str, os.PathLike, None],
+        log_model: Any = False,
+        prefix: str = "",
+        queue_size: int = 10_000,
+        max_batch: int = 1_000,
+        flush_interval: float = 1.0,
+        retry_initial: float = 0.5,
+        retry_max: float = 30.0,
+        close_timeout: float = 30.0,
+    ) -> None:
+        self._save_dir = Path(save_dir) if save_dir is not None else Path(".")
+        self._log_model = parse_log_model(log_model)
+        self._prefix = prefix
+        self._options = DeliveryOptions(queue_size, max_batch, flush_interval, retry_initial, retry_max, close_timeout)
+        self._dispatcher: Optional[Dispatcher] = None
+        self._start_lock = threading.Lock()
+        self._resume_step: Optional[int] = None
+        self._restored_identity: Dict[str, Any] = {}
+        self._params_digest: Optional[str] = None
+        self._best_checkpoint: Optional[str] = None
+        self._auto_step = 0
+        self._metric_keys: Dict[str, None] = {}
+        self._renamed: Dict[str, str] = {}
+        self._last_remaining: Optional[int] = None
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def save_dir(self) -> str:
+        return str(self._save_dir)
+
+    def _root_dir(self) -> Path:
+        raise NotImplementedError
+
+    def _settings(self) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def _next_version(self) -> int:
+        root = self._root_dir()
+        taken = []
+        if root.is_dir():
+            for entry in root.iterdir():
+                suffix = entry.name[len("version_") :]
+                if entry.is_dir() and entry.name.startswith("version_") and suffix.isdigit():
+                    taken.append(int(suffix))
+        return max(taken) + 1 if taken else 0
+
+    @property
+    def log_dir(self) -> str:
+        version = self.version
+        folder = version if isinstance(version, str) else f"version_{version}"
+        return str(self._root_dir() / folder)
+
+    @property
+    def delivery_dir(self) -> Path:
+        """Where the spool, its acknowledgement and ``meta.json`` live."""
+        return Path(self.log_dir) / DELIVERY_DIR
+
+    @property
+    def spool_path(self) -> Path:
+        return self.delivery_dir / _delivery.SPOOL_FILE
+
+    @property
+    def identity(self) -> Dict[str, Any]:
+        """What identifies the backend run once the delivery thread created it (e.g. run id)."""
+        if self._dispatcher is not None and self._dispatcher.identity:
+            return dict(self._dispatcher.identity)
+        meta = _delivery.read_json(self.delivery_dir / _delivery.META_FILE, {}) if self._version_known() else {}
+        return {**self._restored_identity, **(meta.get("identity") or {})}
+
+    def _version_known(self) -> bool:
+        return True
+
+    # ------------------------------------------------------------------ delivery
+    def _start(self) -> Dispatcher:
+        dispatcher = self._dispatcher
+        if dispatcher is not None:
+            return dispatcher
+        with self._start_lock:
+            if self._dispatcher is None:
+                settings = {
+                    "backend": self.BACKEND,
+                    "label": self.LABEL,
+                    "sink": self.SINK,
+                    "write_ahead": self.WRITE_AHEAD,
+                    "settings": self._settings(),
+                }
+                if self._restored_identity:
+                    settings["restored_identity"] = dict(self._restored_identity)
+                dispatcher = Dispatcher(
+                    _import(self.SINK),
+                    self.delivery_dir,
+                    self.LABEL,
+                    self._options,
+                    settings,
+                    self._resume_step,
+                )
+                dispatcher.at_exit = self._finalize_at_exit
+                dispatcher.start()
+                self._resume_step = None  # applied once, by this generation
+                self._dispatcher = dispatcher
+        return self._dispatcher
+
+    @property
+    def dispatcher(self) -> Optional[Dispatcher]:
+        """The live delivery thread's owner, if this logger has sent anything yet."""
+        return self._dispatcher
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every record logged so far is delivered or spooled (tests, notebooks)."""
+        return True if self._dispatcher is None else self._dispatcher.flush(timeout)
+
+    def wait_delivered(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every record logged so far has reached the backend."""
+        return True if self._dispatcher is None else self._dispatcher.wait_delivered(timeout)
+
+    @property
+    def spooled(self) -> int:
+        """Records waiting in the spool file (reads it)."""
+        return _delivery.Spool(self.delivery_dir).pending_count() if self.spool_path.exists() else 0
+
+    # ------------------------------------------------------------------ the Logger contract
+    def _metric_name(self, name: str) -> str:
+        return name
+
+    def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
+        if not metrics or not is_global_zero():
+            return
+        if step is None:
+            step = self._auto_step
+            self._auto_step += 1
+        else:
+            self._auto_step = max(self._auto_step, int(step) + 1)
+        data = {}
+        for key, value in metrics.items():
+            name = self._renamed.get(key)
+            if name is None:
+                name = self._metric_name(f"{self._prefix}{key}")
+                self._renamed[key] = name
+                self._metric_keys[name] = None
+            try:
+                data[name] = float(value)
+            except (TypeError, ValueError):
+                warnings.warn(
+                    f"{self.LABEL}: metric {key!r} is not a number ({value!r}); skipped",
+                    FulmenLoggerWarning,
+                    stacklevel=2,
+                )
+        if data:
+            self._start().submit(METRICS, data, int(step))
+
+    def log_hyperparams(self, params: Any) -> None:
+        if not is_global_zero():
+            return
+        items = _items(params)
+        params = dict(items) if items is not None else {"params": params}
+        flat = flatten_params(params)
+        digest = params_digest(flat)
+        if digest == self._params_digest:
+            return  # logged once; a resumed run does not send them again
+        self._params_digest = digest
+        self._start().submit(PARAMS, {"flat": flat, "nested": nested_params(params)})
+
+    def log_checkpoint(self, path: str, aliases: Optional[List[str]] = None) -> None:
+        """ModelCheckpoint wrote ``path``. ``log_model='all'`` uploads every file (aliases
+        ``latest`` and, for the best so far, ``best``); ``'best'`` uploads the best file once,
+        when training ends; ``False`` uploads nothing."""
+        if self._log_model == "off" or not is_global_zero():
+            return
+        aliases = list(aliases) if aliases else ["latest"]
+        if self._log_model == "best":
+            if "best" in aliases or len(aliases) == 1:
+                self._best_checkpoint = str(path)
+            return
+        self._submit_checkpoint(str(path), aliases)
+
+    def _submit_checkpoint(self, path: str, aliases: List[str]) -> None:
+        dispatcher = self._start()
+        staged = _stage(path, dispatcher.directory / "staged")
+        dispatcher.submit(
+            ARTIFACT, {"path": path, "staged": staged, "name": os.path.basename(path), "aliases": aliases}
+        )
+
+    def save(self) -> None:
+        """Called before each checkpoint and at epoch ends: what is still in memory goes to
+        the spool, so no checkpoint exists whose earlier metrics could be lost with the process."""
+        if self._dispatcher is not None:
+            self._dispatcher.persist()
+
+    def finalize(self, status: str) -> None:
+        """Send what is left (the best checkpoint in ``log_model='best'`` mode, the run's end),
+        waiting at most ``close_timeout`` seconds; then say how many records stay spooled."""
+        if not is_global_zero():
+            return
+        if self._log_model == "best" and self._best_checkpoint:
+            path = self._best_checkpoint
+            if os.path.exists(path):
+                self._submit_checkpoint(path, ["best"])
+            else:
+                warnings.warn(
+                    f"{self.LABEL}: the best checkpoint {path} no longer exists; not uploaded",
+                    FulmenLoggerWarning,
+                    stacklevel=2,
+                )
+        if self._dispatcher is None and not self._metric_keys and self._params_digest is None:
+            return  # nothing was ever logged: do not create a run just to end it
+        dispatcher = self._start()
+        dispatcher.submit(END, {"status": status, "metric_keys": list(self._metric_keys)})
+        self._last_remaining = dispatcher.close()
+        self._dispatcher = None  # logging again (trainer.test() after fit) continues the same run
+
+    def _finalize_at_exit(self) -> None:
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            return
+        dispatcher.submit(END, {"status": "success", "metric_keys": list(self._metric_keys)})
+        self._last_remaining = dispatcher.close()
+        self._dispatcher = None
+
+    @property
+    def remaining(self) -> Optional[int]:
+        """Records still spooled when the logger was last finalized (None before that)."""
+        return self._last_remaining
+
+    def log_graph(self, model: Any, input_array: Any = None) -> None:
+        pass
+
+    # ------------------------------------------------------------------ resume / ranks
+    def state_dict(self) -> Dict[str, Any]:
+        return {"version": self.version, "identity": self.identity, "params": self._params_digest}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continue the checkpoint's run: same local version (so the same spool and run id),
+        metrics after ``state['step']`` that the dead process spooled are dropped, and values
+        the backend already holds are not sent twice."""
+        if state.get("version") is not None:
+            self._set_version(state["version"])
+        self._restored_identity = dict(state.get("identity") or {})
+        self._params_digest = state.get("params") or self._params_digest
+        if state.get("step") is not None:
+            self._resume_step = int(state["step"])
+            self._auto_step = self._resume_step + 1
+
+    def _set_version(self, version: Any) -> None:
+        self._version = version
+
+    def synchronize(self, strategy: Any) -> None:
+        payload = (self.version, self._sync_extra()) if strategy.is_global_zero else None
+        version, extra = strategy.broadcast(payload)
+        self._set_version(version)
+        self._apply_sync_extra(extra)
+
+    def _sync_extra(self) -> Any:
+        return None
+
+    def _apply_sync_extra(self, extra: Any) -> None:
+        pass
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # Spawned ranks get a copy without the delivery thread (only rank zero ever starts one).
+        state = dict(self.__dict__)
+        state["_dispatcher"] = None
+        state["_start_lock"] = None
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._start_lock = threading.Lock()
+
+
+def _import(path: str):
+    import importlib
+
+    module_name, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _stage(path: str, directory: Path) -> Optional[str]:
+    """Hard-link ``path`` into the run directory, so the upload survives ModelCheckpoint
+    pruning the file first; None when linking is impossible (another filesystem): then the
+    upload reads the original path."""
+    target = directory / uuid.uuid4().hex[:12] / os.path.basename(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(path, target)
+        return str(target)
+    except OSError:
+        try:
+            target.parent.rmdir()
+        except OSError:
+            pass
+        return None
+
+
+def artifact_source(data: Dict[str, Any]) -> Optional[str]:
+    """The file to upload for an ARTIFACT record, or None if neither copy exists any more."""
+    for candidate in (data.get("staged"), data.get("path")):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def release_staged(data: Dict[str, Any]) -> None:
+    staged = data.get("staged")
+    if staged:
+        try:
+            os.unlink(staged)
+            os.rmdir(os.path.dirname(staged))
+        except OSError:
+            pass
+
+
+class MissingArtifact(Exception):
+    """The checkpoint file vanished before it could be uploaded (a permanent failure)."""
+
+
+__all__ = ["TrackingLogger", "flatten_params", "nested_params", "is_global_zero"]

@@ -1,0 +1,229 @@
+"""``TensorBoardLogger``: scalars, hyperparameters (with the run's metric names) and,
+optionally, the model graph, as TensorBoard event files.
+
+The event files are written by ``torch.utils.tensorboard.SummaryWriter`` on the logger's
+delivery thread and flushed after every batch, so "delivered" means "in the file". A resumed
+run opens its writer with ``purge_step = checkpoint step + 1``: TensorBoard then ignores what
+the process that died wrote after the checkpoint, and the resumed run's values take their place.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Union
+
+from fulmen_loggers._base import TrackingLogger, is_global_zero
+from fulmen_loggers._delivery import END, GRAPH, METRICS, PARAMS, FulmenLoggerWarning, Record, Sink
+
+
+class TensorBoardLogger(TrackingLogger):
+    """Log to TensorBoard event files under ``<save_dir>/<name>/version_N[/<sub_dir>]``.
+
+    Args:
+        save_dir: root folder (``Trainer`` passes ``default_root_dir``).
+        name: experiment folder (``"fulmen_logs"``, as the CSV logger; ``""`` for none).
+        version: an int (``version_N``) or a folder name; default the next free number.
+        sub_dir: an extra folder below the version (e.g. ``"train"``).
+        log_graph: trace the module once at the start of fit (``module.example_input_array``
+            or ``log_graph(model, input_array)``) and write its graph.
+        prefix: put before every metric name.
+        flush_secs, max_queue: passed to ``SummaryWriter`` (fulmen also flushes after each batch).
+        queue_size, max_batch, flush_interval, retry_initial, retry_max, close_timeout:
+            delivery settings, as for :class:`~fulmen_loggers.MLflowLogger`.
+
+    TensorBoard has no artifact store: ``log_checkpoint`` does nothing here.
+    """
+
+    LABEL = "TensorBoard"
+    BACKEND = "tensorboard"
+    SINK = "fulmen_loggers.tensorboard_logger:build_sink"
+
+    def __init__(
+        self,
+        save_dir: Union[str, os.PathLike, None] = ".",
+        name: Optional[str] = "fulmen_logs",
+        version: Optional[Union[int, str]] = None,
+        sub_dir: Optional[str] = None,
+        log_graph: bool = False,
+        prefix: str = "",
+        flush_secs: int = 120,
+        max_queue: int = 10,
+        **delivery: Any,
+    ) -> None:
+        super().__init__(save_dir, log_model=False, prefix=prefix, **delivery)
+        self._name = name or ""
+        self._version = version
+        self._sub_dir = sub_dir
+        self._log_graph = bool(log_graph)
+        self._flush_secs = int(flush_secs)
+        self._max_queue = int(max_queue)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> Union[int, str]:
+        if self._version is None:
+            self._version = self._next_version()
+        return self._version
+
+    def _root_dir(self) -> Path:
+        return self._save_dir / self._name if self._name else self._save_dir
+
+    @property
+    def log_dir(self) -> str:
+        base = super().log_dir
+        return str(Path(base) / self._sub_dir) if self._sub_dir else base
+
+    def _settings(self) -> Dict[str, Any]:
+        return {
+            "log_dir": str(Path(self.log_dir).resolve()),
+            "flush_secs": self._flush_secs,
+            "max_queue": self._max_queue,
+        }
+
+    def log_checkpoint(self, path: str, aliases: Optional[List[str]] = None) -> None:
+        pass
+
+    def log_graph(self, model: Any, input_array: Any = None) -> None:
+        """Trace ``model`` once (on the calling thread: the model may live on a GPU) and hand the
+        graph to the delivery thread. Called by the Trainer at the start of fit."""
+        if not self._log_graph or not is_global_zero():
+            return
+        if input_array is None:
+            input_array = getattr(model, "example_input_array", None)
+        if input_array is None:
+            warnings.warn(
+                "TensorBoardLogger(log_graph=True) needs an example input: set module.example_input_array "
+                "or call logger.log_graph(model, input_array)",
+                FulmenLoggerWarning,
+                stacklevel=2,
+            )
+            return
+        import torch
+        from torch.utils.tensorboard._pytorch_graph import graph
+
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        moved = _to_device(input_array, device)
+        was_training = model.training
+        try:
+            model.eval()
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace, as add_graph uses
+                graph_def, stats = graph(model, moved)
+        except Exception as exc:  # tracing fails for some models; the run must go on
+            warnings.warn(
+                f"TensorBoardLogger: could not trace the model graph: {exc}", FulmenLoggerWarning, stacklevel=2
+            )
+            return
+        finally:
+            model.train(was_training)
+        data = {
+            "graph": base64.b64encode(graph_def.SerializeToString()).decode(),
+            "stats": base64.b64encode(stats.SerializeToString()).decode(),
+        }
+        self._start().submit(GRAPH, data)
+
+
+def _to_device(value: Any, device: Any) -> Any:
+    if hasattr(value, "to"):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
+
+
+class TensorBoardSink(Sink):
+    label = "TensorBoard"
+    rewinds_on_resume = True
+
+    def __init__(self, meta: Dict[str, Any]) -> None:
+        self.settings = dict(meta.get("settings") or {})
+        self.writer = None
+        self.hparams: Optional[Dict[str, Any]] = None
+
+    def open(self, resume_step: Optional[int]) -> Dict[str, Any]:
+        from torch.utils.tensorboard import SummaryWriter
+
+        log_dir = self.settings["log_dir"]
+        self.writer = SummaryWriter(
+            log_dir,
+            max_queue=self.settings.get("max_queue", 10),
+            flush_secs=self.settings.get("flush_secs", 120),
+            purge_step=None if resume_step is None else int(resume_step) + 1,
+        )
+        return {"log_dir": log_dir}
+
+    def chunks(self, records: List[Record]) -> Iterator[List[Record]]:
+        chunk: List[Record] = []
+        for record in records:
+            chunk.append(record)
+            if record.kind != METRICS or len(chunk) >= 1000:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def send(self, chunk: List[Record]) -> None:
+        writer = self.writer
+        for record in chunk:
+            if record.kind == METRICS:
+                walltime = record.ts / 1000.0
+                for key, value in record.data.items():
+                    writer.add_scalar(key, value, global_step=record.step, walltime=walltime)
+            elif record.kind == PARAMS:
+                self.hparams = {k: v for k, v in record.data.get("flat", {}).items()}
+                _, ssi, _ = _hparams(self.hparams, {})
+                writer._get_file_writer().add_summary(ssi, walltime=record.ts / 1000.0)
+            elif record.kind == GRAPH:
+                from tensorboard.compat.proto.config_pb2 import RunMetadata
+                from tensorboard.compat.proto.graph_pb2 import GraphDef
+
+                graph_def = GraphDef.FromString(base64.b64decode(record.data["graph"]))
+                stats = RunMetadata.FromString(base64.b64decode(record.data["stats"]))
+                writer._get_file_writer().add_graph((graph_def, stats), walltime=record.ts / 1000.0)
+            elif record.kind == END:
+                keys = list(record.data.get("metric_keys") or [])
+                status = record.data.get("status")
+                # The experiment summary names the run's metrics, so the HParams dashboard shows
+                # them beside the hyperparameters; the session end records how the run ended.
+                exp, _, sei = _hparams(self.hparams or {}, {k: 0.0 for k in keys})
+                file_writer = writer._get_file_writer()
+                if self.hparams is not None:
+                    file_writer.add_summary(exp)
+                from tensorboard.plugins.hparams.api_pb2 import Status
+
+                sei = _session_end(sei, Status.Value("STATUS_SUCCESS" if status == "success" else "STATUS_FAILURE"))
+                file_writer.add_summary(sei)
+        writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _hparams(hparam_dict: Dict[str, Any], metric_dict: Dict[str, float]):
+    from torch.utils.tensorboard.summary import hparams
+
+    return hparams(hparam_dict, metric_dict)
+
+
+def _session_end(summary, status):
+    from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME, SESSION_END_INFO_TAG
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+
+    content = HParamsPluginData(session_end_info=SessionEndInfo(status=status), version=PLUGIN_DATA_VERSION)
+    metadata = SummaryMetadata(
+        plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME, content=content.SerializeToString())
+    )
+    return Summary(value=[Summary.Value(tag=SESSION_END_INFO_TAG, metadata=metadata)])
+
+
+def build_sink(meta: Dict[str, Any]) -> TensorBoardSink:
+    return TensorBoardSink(meta)

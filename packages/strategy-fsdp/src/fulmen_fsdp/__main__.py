@@ -1,0 +1,7 @@
+"""``python -m fulmen_fsdp consolidate DIR OUT.ckpt``: the ``fulmen-fsdp`` command."""
+
+import sys
+
+from fulmen_fsdp.consolidate import main
+
+sys.exit(main())

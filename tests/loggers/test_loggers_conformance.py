@@ -1,0 +1,56 @@
+"""fulmen's logger conformance suite (``fulmen.testing``) on fulmen-loggers' backends, read
+back through each backend's own reader: TensorBoard event files and the MLflow store.
+
+Like the other logger tests, each backend is skipped when its library is not installed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fulmen.testing import LoggerConformance
+
+
+class TestTensorBoardLoggerConformance(LoggerConformance):
+    logger = "tensorboard"
+
+    @pytest.fixture(autouse=True)
+    def _backend(self):
+        pytest.importorskip("tensorboard")
+
+    def read_metrics(self, logger):
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        stored = {}
+        for events in sorted({p.parent for p in Path(logger.log_dir).rglob("events.out.tfevents.*")}):
+            accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+            accumulator.Reload()
+            for tag in accumulator.Tags()["scalars"]:
+                for event in accumulator.Scalars(tag):
+                    stored.setdefault(event.step, {})[tag] = event.value
+        return stored
+
+
+class TestMLflowLoggerConformance(LoggerConformance):
+    logger = "mlflow"
+
+    @pytest.fixture(scope="class")
+    def store(self, tmp_path_factory):
+        pytest.importorskip("mlflow")
+        return tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+
+    @pytest.fixture(autouse=True)
+    def _backend(self, store, clean_backend_env):
+        # One local sqlite store for the class: creating one costs seconds of migrations.
+        clean_backend_env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+
+    def read_metrics(self, logger):
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=logger.tracking_uri)
+        stored = {}
+        for key in client.get_run(logger.run_id).data.metrics:
+            for metric in client.get_metric_history(logger.run_id, key):
+                stored.setdefault(metric.step, {})[key] = metric.value
+        return stored

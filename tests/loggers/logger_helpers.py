@@ -183,6 +183,7 @@ class StepClock(fulmen.Callback):
     def __init__(self, sleep: float = 0.0) -> None:
         self.sleep = sleep
         self.durations: List[tuple] = []  # (global_step, seconds, tag)
+        self.ends: List[float] = []  # time.monotonic() at each batch end
         self.tag = "up"
         self._t0 = 0.0
         self.stop_requested = False
@@ -194,6 +195,7 @@ class StepClock(fulmen.Callback):
         if self.sleep:
             time.sleep(self.sleep)
         self.durations.append((trainer.global_step, time.perf_counter() - self._t0, self.tag))
+        self.ends.append(time.monotonic())
         if self.stop_requested:
             trainer.should_stop = True
 

@@ -64,7 +64,7 @@ def test_a_hung_backend_never_blocks_submit_and_loses_nothing(tmp_path):
         slowest = max(slowest, time.perf_counter() - t0)
     # The buffer took 20, the call in flight a few: the rest went to the spool, not waited for.
     assert d.stats["overflowed"] > 400
-    assert slowest < 0.05, slowest
+    assert slowest < 0.5, slowest  # the backend hangs until released: any bound shows no wait
     assert Spool(d.directory).pending_count() >= 400
     backend.hang(False)
     assert d.close() == 0
@@ -159,7 +159,7 @@ def test_logger_save_points_never_wait(tmp_path):
     t0 = time.perf_counter()
     logger.save()
     logger.log_metrics({"loss": 0.5}, step=2)
-    assert time.perf_counter() - t0 < 0.05
+    assert time.perf_counter() - t0 < 0.5  # the backend hangs until released
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logger.finalize("success")  # gives up after close_timeout, keeps the records
@@ -219,3 +219,30 @@ def test_a_new_writer_ends_a_dead_writers_torn_line(tmp_path):
     second = Spool(tmp_path)  # the resumed process
     second.append([Record(2, 1, METRICS, 3, 0, {"loss": 1.0})])
     assert [r.seq for r in second.pending()[0]] == [(1, 1), (1, 2), (2, 1)]
+
+
+@pytest.mark.parametrize("mode", ["best", "all", False])
+def test_log_model_modes(tmp_path, mode):
+    backend = FileBackend(tmp_path / "backend")
+    logger = FileBackendLogger(backend.root, save_dir=tmp_path, log_model=mode, **FAST)
+    files = []
+    for name, aliases in [("a.ckpt", ["latest", "best"]), ("b.ckpt", ["latest", "best"]), ("c.ckpt", ["latest"])]:
+        path = tmp_path / name
+        path.write_bytes(name.encode())
+        files.append(str(path))
+        logger.log_checkpoint(str(path), aliases=aliases)
+    (tmp_path / "a.ckpt").unlink()  # pruned by ModelCheckpoint before the upload ran
+    state = logger.state_dict()
+    resumed = FileBackendLogger(backend.root, save_dir=tmp_path, log_model=mode, **FAST)
+    resumed.load_state_dict({**state, "step": 3})  # the best file is remembered across a resume
+    resumed.finalize("success")
+    logger.finalize("success")
+    uploads = [(r["data"]["name"], r["data"]["aliases"]) for r in backend.received() if r["kind"] == "artifact"]
+    if mode == "best":
+        assert uploads == [("b.ckpt", ["best"])] * 2  # once per finalize, from either process
+    elif mode == "all":
+        assert uploads == [("a.ckpt", ["latest", "best"]), ("b.ckpt", ["latest", "best"]), ("c.ckpt", ["latest"])]
+        staged = [r["data"]["staged"] for r in backend.received() if r["kind"] == "artifact"]
+        assert all(s and Path(s).name == n for s, (n, _) in zip(staged, uploads))
+    else:
+        assert uploads == []

@@ -18,7 +18,6 @@ _LAZY = {
     "MLflowLogger": "fulmen_loggers.mlflow_logger",
     "WandbLogger": "fulmen_loggers.wandb_logger",
     "TensorBoardLogger": "fulmen_loggers.tensorboard_logger",
-    "replay": "fulmen_loggers.replay",
     "flatten_params": "fulmen_loggers._base",
 }
 

@@ -325,11 +325,11 @@ class TrackingLogger(Logger):
         when training ends; ``False`` uploads nothing."""
         if self._log_model == "off" or not is_global_zero():
             return
-        aliases = list(aliases) if aliases else ["latest"]
         if self._log_model == "best":
-            if "best" in aliases or len(aliases) == 1:
+            if aliases is None or "best" in aliases:  # callers that give no aliases: the latest is the best
                 self._best_checkpoint = str(path)
             return
+        aliases = list(aliases) if aliases else ["latest"]
         self._submit_checkpoint(str(path), aliases)
 
     def _submit_checkpoint(self, path: str, aliases: List[str]) -> None:
@@ -385,7 +385,12 @@ class TrackingLogger(Logger):
 
     # ------------------------------------------------------------------ resume / ranks
     def state_dict(self) -> Dict[str, Any]:
-        return {"version": self.version, "identity": self.identity, "params": self._params_digest}
+        return {
+            "version": self.version,
+            "identity": self.identity,
+            "params": self._params_digest,
+            "best_checkpoint": self._best_checkpoint,
+        }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Continue the checkpoint's run: same local version (so the same spool and run id),
@@ -395,6 +400,7 @@ class TrackingLogger(Logger):
             self._set_version(state["version"])
         self._restored_identity = dict(state.get("identity") or {})
         self._params_digest = state.get("params") or self._params_digest
+        self._best_checkpoint = state.get("best_checkpoint") or self._best_checkpoint
         if state.get("step") is not None:
             self._resume_step = int(state["step"])
             self._auto_step = self._resume_step + 1

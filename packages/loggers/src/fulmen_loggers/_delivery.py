@@ -495,9 +495,14 @@ class Dispatcher:
         record = Record(self._gen, next(self._counter), kind, step, now_ms(), data)
         self.stats["submitted"] += 1
         with self._cv:
-            if not self._finished and len(self._buf) < self.options.queue_size:
+            buffered = len(self._buf)
+            if not self._finished and buffered < self.options.queue_size:
                 self._buf.append(record)
-                self._cv.notify()
+                # Wake the thread only when it has something new to decide: it sleeps until a
+                # first record arrives, then gathers a batch on its own timer (waking it for
+                # every record would cost a thread switch per log call).
+                if buffered == 0 or buffered + 1 >= self.options.max_batch or kind == END:
+                    self._cv.notify()
                 return
         # The delivery thread is stuck in a slow call (or gone): keep the step moving and
         # the record safe on disk. Ordering is kept by the sequence number.

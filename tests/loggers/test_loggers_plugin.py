@@ -35,14 +35,18 @@ def pip_line(name: str) -> str:
 def env_without(tmp_path: Path, blocked=("mlflow", "wandb", "tensorboard"), **extra) -> dict:
     """A child environment in which ``import mlflow`` (etc.) fails as if it were not installed:
     a sitecustomize marks the modules missing in sys.modules, which is how Python itself
-    blocks an import (``find_spec`` returns None, ``import`` raises ModuleNotFoundError)."""
-    site = tmp_path / "block_site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(
-        "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in blocked)
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FULMEN_PLUGINS", "FULMEN_DISABLE", "PYTHONPATH"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(site), str(HERE), str(HERE.parent)])
+    blocks an import (``find_spec`` returns None, ``import`` raises ModuleNotFoundError).
+    With nothing blocked, the child sees what this process sees."""
+    paths = [str(HERE), str(HERE.parent)]
+    if blocked:
+        site = tmp_path / "block_site"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(
+            "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in blocked)
+        )
+        paths.insert(0, str(site))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FULMEN_PLUGINS", "FULMEN_DISABLE"))}
+    env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.update(extra)
     return env
 

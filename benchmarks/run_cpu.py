@@ -28,7 +28,7 @@ from common import fmt_ratio, machine  # noqa: E402
 
 # The compute-bound model: a GPT-style decoder whose step takes tens of milliseconds on one
 # core, so per-step framework overhead (tens of µs) should vanish in it.
-GPT_ARGS = ["--model", "gpt", "--d-model", "128", "--n-layer", "4", "--n-head", "4", "--seq", "128", "--batch", "8", "--vocab", "512"]
+GPT_ARGS = ["--model", "gpt", "--d-model", "128", "--n-layer", "4", "--n-head", "4", "--seq", "64", "--batch", "8", "--vocab", "512"]
 
 TARGETS = {
     "trainer": ("fulmen Trainer (defaults, self.log every step, progress bar) within 10% of raw, tiny MLP", 1.10),

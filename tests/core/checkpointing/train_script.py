@@ -23,8 +23,9 @@ Lines it prints for the parent (flushed at once):
 ``saved:N`` (right after the step-N checkpoint and last.ckpt are on disk, before that
 batch's logging and validation), ``val_end:N`` (after the validation at step N and every
 callback's on_validation_end) or ``midwrite:K`` (halfway through writing this process's K-th
-checkpoint file; last.ckpt is a byte copy and does not count). ``--slow-save S`` sleeps S seconds halfway through every
-checkpoint write, so that a kill at a random time often lands inside a save.
+checkpoint file; last.ckpt is a byte copy and does not count). ``--slow-save S`` sleeps S
+seconds halfway through every checkpoint write, so that a kill at a random time often lands
+inside a save. ``--hold-at N`` makes a preemption signal land right after step N.
 """
 
 from __future__ import annotations
@@ -194,21 +195,6 @@ class Net(fulmen.Module):
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=self.hparams.gamma)}
 
 
-class NoisyDataset(torch.utils.data.Dataset):
-    """Draws augmentation noise from torch's stream of the process that loads the sample
-    (a dataloader worker when ``num_workers > 0``)."""
-
-    def __init__(self, base) -> None:
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index):
-        x, y = self.base[index]
-        return x + 0.05 * torch.randn_like(x), y
-
-
 def dataset(n: int, seed: int) -> TensorDataset:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 8, generator=g)
@@ -231,7 +217,6 @@ def main(argv=None) -> int:
     parser.add_argument("--pause", default=None)
     parser.add_argument("--slow-save", type=float, default=0.0)
     parser.add_argument("--workers", type=int, default=0, help="train loader num_workers")
-    parser.add_argument("--worker-noise", action="store_true", help="augmentation noise drawn in the loading process")
     parser.add_argument("--hold-at", type=int, default=-1, help="after this step, wait for a preemption signal")
     args = parser.parse_args(argv)
 
@@ -272,8 +257,7 @@ def main(argv=None) -> int:
         enable_model_summary=False,
     )
     model = Net()
-    data = NoisyDataset(dataset(96, 0)) if args.worker_noise else dataset(96, 0)
-    train = DataLoader(data, batch_size=8, shuffle=True, num_workers=args.workers)
+    train = DataLoader(dataset(96, 0), batch_size=8, shuffle=True, num_workers=args.workers)
     val = DataLoader(dataset(32, 1), batch_size=16)
     ckpt_path = args.ckpt_path or ("last" if args.resume else None)
     trainer.fit(model, train, val, ckpt_path=ckpt_path)

@@ -54,8 +54,13 @@ class ProgressBar(Callback):
         if bar is None:
             return
         self._since_update += 1
-        if self._since_update >= self.refresh_rate:
-            bar.update(self._since_update)
+        pending = self._since_update
+        # tqdm.update only adds to its count until ``miniters`` steps have passed since its
+        # last print; testing that here skips the call (Python, every step) on the other
+        # steps, and tqdm prints exactly when it would have. The count is handed over before
+        # anything else shows the bar (evaluation, epoch end).
+        if pending >= self.refresh_rate and (bar.disable or bar.n + pending - bar.last_print_n >= bar.miniters):
+            bar.update(pending)
             self._since_update = 0
         if trainer._progress.total_batches % trainer.log_every_n_steps == 0 and trainer.progress_bar_metrics:
             bar.set_postfix(_fmt(trainer.progress_bar_metrics), refresh=False)
@@ -74,13 +79,20 @@ class ProgressBar(Callback):
 
     def on_train_end(self) -> None:
         if self._train_bar is not None:
+            self._flush_train_bar()
             self._train_bar.close()
             self._train_bar = None
 
     # ------------------------------------------------------------------ evaluation
+    def _flush_train_bar(self) -> None:
+        if self._train_bar is not None and self._since_update:
+            self._train_bar.update(self._since_update)
+            self._since_update = 0
+
     def _start_eval(self, trainer, desc: str, totals) -> None:
         if not trainer.is_global_zero:
             return
+        self._flush_train_bar()  # the train bar shows the current count under the eval bar
         total = sum(self._total(t) or 0 for t in totals) or None
         self._eval_bar = self._tqdm(total=total, desc=desc, leave=self.leave and trainer.state != "fitting", unit="it")
 
@@ -127,6 +139,7 @@ class ProgressBar(Callback):
         self._end_eval(trainer)
 
     def on_exception(self) -> None:
+        self._flush_train_bar()
         for bar in (self._train_bar, self._eval_bar):
             if bar is not None:
                 bar.close()

@@ -16,6 +16,24 @@ from fulmen.trainer import preemption
 from fulmen.trainer.eval_loop import run_evaluation
 
 
+# torch's own first-order optimizers call a closure once, only to return its loss, which
+# the Trainer already has and never reads from step(): they step without one, as a
+# hand-written loop does (the closure's enable_grad block costs ~1% of a tiny model's step).
+# Exact classes only: LBFGS re-evaluates the loss, and subclasses or other optimizers (SAM
+# and friends) may use the closure, so they all get it.
+STEP_WITHOUT_CLOSURE = frozenset(
+    cls
+    for cls in (
+        getattr(torch.optim, name, None)
+        for name in (
+            "SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "ASGD", "NAdam", "RAdam",
+            "RMSprop", "Rprop", "SparseAdam", "Adafactor",
+        )
+    )
+    if isinstance(cls, type)
+)
+
+
 class NonFiniteLossError(FulmenError, FloatingPointError):
     """The loss became NaN or infinite while ``detect_anomaly=True``."""
 
@@ -108,22 +126,28 @@ def automatic_step(trainer, batch: Any, batch_idx: int, stepping: bool):
     if loss is None and trainer.accumulate_grad_batches == 1:
         return holder.get("output"), False  # training_step returned None: skip this batch
     raw_optimizer = optimizer.optimizer
-    trainer._call("on_before_optimizer_step", optimizer=raw_optimizer)
+    implemented = trainer._relay.implemented  # checked here: most hooks have no implementation
+    if "on_before_optimizer_step" in implemented:
+        trainer._call("on_before_optimizer_step", optimizer=raw_optimizer)
     if trainer.gradient_clip_val:
         trainer._clip_gradients(raw_optimizer)
-    calls = {"n": 0}
+    if type(raw_optimizer) in STEP_WITHOUT_CLOSURE:
+        optimizer.step()
+    else:
+        calls = {"n": 0}
 
-    def closure():
-        # The first call returns the loss computed above; optimizers such as LBFGS call
-        # again to re-evaluate, and then the step must really run once more.
-        calls["n"] += 1
-        if calls["n"] == 1:
-            return loss
-        raw_optimizer.zero_grad()
-        return _forward_backward(trainer, batch, batch_idx, holder)
+        def closure():
+            # The first call returns the loss computed above; optimizers such as LBFGS call
+            # again to re-evaluate, and then the step must really run once more.
+            calls["n"] += 1
+            if calls["n"] == 1:
+                return loss
+            raw_optimizer.zero_grad()
+            return _forward_backward(trainer, batch, batch_idx, holder)
 
-    optimizer.step(closure)
-    trainer._call("on_before_zero_grad", optimizer=raw_optimizer)
+        optimizer.step(closure)
+    if "on_before_zero_grad" in implemented:
+        trainer._call("on_before_zero_grad", optimizer=raw_optimizer)
     raw_optimizer.zero_grad(set_to_none=True)
     return holder.get("output"), True
 
@@ -244,7 +268,8 @@ def run_training_epoch(trainer, resumed: bool = False) -> None:
         last = batch_idx + 1 >= limit
         metrics.stage, metrics.phase = "train", "train_step"
         metrics.start_batch_of(batch)
-        trainer._call("on_train_batch_start", batch=batch, batch_idx=batch_idx)
+        if "on_train_batch_start" in trainer._relay.implemented:
+            trainer._call("on_train_batch_start", batch=batch, batch_idx=batch_idx)
         if automatic:
             stepping = (batch_idx + 1) % accumulate == 0 or last
             output, stepped = automatic_step(trainer, batch, batch_idx, stepping)

@@ -533,9 +533,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ optimization helpers
     def _backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        self._call("on_before_backward", loss=loss)
+        implemented = self._relay.implemented  # checked here: these run every step
+        if "on_before_backward" in implemented:
+            self._call("on_before_backward", loss=loss)
         self.strategy.backward(loss, self.module, *args, **kwargs)
-        self._call("on_after_backward")
+        if "on_after_backward" in implemented:
+            self._call("on_after_backward")
 
     def _clip_gradients(self, optimizer) -> None:
         if not self.gradient_clip_val:

@@ -37,11 +37,21 @@ def apply_to_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
 def move_data_to_device(data: Any, device: torch.device) -> Any:
     """Move every tensor of a batch to ``device``; non-blocking where the copy can overlap."""
     non_blocking = device.type in ("cuda", "xla")
+    if device.type == "cpu":
 
-    def move(t: torch.Tensor) -> torch.Tensor:
-        # ``to`` returns the tensor itself when it is already there; comparing first is cheaper.
-        return t if t.device == device else t.to(device, non_blocking=non_blocking)
+        def move(t: torch.Tensor) -> torch.Tensor:
+            # ``is_cpu`` is a flag read; ``t.device`` would build a device object per tensor.
+            return t if t.is_cpu else t.to(device)
 
+    else:
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            # ``to`` returns the tensor itself when it is already there; comparing first is cheaper.
+            return t if t.device == device else t.to(device, non_blocking=non_blocking)
+
+    kind = type(data)
+    if kind is list or kind is tuple:  # the usual (x, y) batch, handled without recursion
+        return kind([move(v) if isinstance(v, torch.Tensor) else apply_to_tensors(v, move) for v in data])
     return apply_to_tensors(data, move)
 
 

@@ -84,6 +84,9 @@ def _raw_worker(rank: int, world_size: int, port: int, args, out: str) -> None:
         optimizer.zero_grad(set_to_none=True)
     if rank == 0:
         _write(out, task)
+    # Leave together: a rank that tears gloo down while its peer still talks to it can be
+    # aborted ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 

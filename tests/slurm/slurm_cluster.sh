@@ -46,6 +46,7 @@ SlurmdPidFile=$dir/slurmd.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd.log
 ReturnToService=2
+KillWait=5
 MpiDefault=none
 JobCompType=jobcomp/none
 SchedulerParameters=nohold_on_prolog_fail

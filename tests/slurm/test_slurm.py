@@ -91,7 +91,7 @@ echo "srun exit $?"
         assert time.monotonic() < deadline, read_log()
         time.sleep(0.2)
     # a requeued job waits for its BeginTime (minutes); start it now
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while True:
         state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], env=slurm, capture_output=True, text=True).stdout.strip()
         if state == "PENDING":

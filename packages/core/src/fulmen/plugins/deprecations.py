@@ -62,8 +62,9 @@ def apply(manager: Any) -> None:
     registration, as if the hookspec had been declared with ``warn_on_impl``."""
     for name in DEPRECATED_HOOKS:
         spec = _spec(manager, name)
+        # Only the per-manager HookSpec object: ``spec.opts`` is the hookspec function's own
+        # marker dict, shared by every manager in the process.
         spec.warn_on_impl = warning_for_hook(name)
-        spec.opts["warn_on_impl"] = spec.warn_on_impl
     by_hook: Dict[str, Dict[str, Warning]] = {}
     for hook, argument in DEPRECATED_ARGUMENTS:
         by_hook.setdefault(hook, {})[argument] = warning_for_argument(hook, argument)
@@ -73,7 +74,6 @@ def apply(manager: Any) -> None:
         if unknown:
             raise AssertionError(f"deprecations.py lists argument(s) {sorted(unknown)} that hook {hook!r} does not have")
         spec.warn_on_impl_args = warnings_by_arg
-        spec.opts["warn_on_impl_args"] = warnings_by_arg
 
 
 def _spec(manager: Any, name: str) -> Any:

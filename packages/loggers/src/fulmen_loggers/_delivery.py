@@ -504,10 +504,16 @@ class Dispatcher:
                 if buffered == 0 or buffered + 1 >= self.options.max_batch or kind == END:
                     self._cv.notify()
                 return
-        # The delivery thread is stuck in a slow call (or gone): keep the step moving and
-        # the record safe on disk. Ordering is kept by the sequence number.
-        self.spool.append([record])
-        self.stats["overflowed"] += 1
+            # The delivery thread is stuck in a slow call (or gone): keep the step moving and
+            # the records safe on disk. The buffer goes to the spool with this record, so what
+            # stays in memory is always newer than anything spooled: the drain acknowledges
+            # the spool up to its highest sequence number, and a buffered record older than
+            # that would be acknowledged without being sent.
+            spilled = list(self._buf)
+            self._buf.clear()
+        spilled.append(record)
+        self.spool.append(spilled)
+        self.stats["overflowed"] += len(spilled)
 
     def persist(self) -> None:
         """Move what is still in memory to the spool (before a checkpoint is written)."""
@@ -788,8 +794,8 @@ class Dispatcher:
         return True
 
     def _drain(self) -> None:
-        # Buffered records are older than anything the training thread spooled when the
-        # buffer was full: they join the spool first, so the drain sends in sequence order.
+        # Buffered records join the spool first, so one pass sends everything in sequence
+        # order (they are newer than anything spooled: ``submit`` spills the whole buffer).
         with self._cv:
             moved = list(self._buf)
             self._buf.clear()

@@ -50,8 +50,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     q = args.quick
     jobs = {
-        "overhead_mlp": lambda: overhead.main(["--repeats", "3" if q else "5", "--steps", "1000" if q else "2000", "--json", str(out / "overhead_mlp.json")]),
-        "overhead_gpt": lambda: overhead.main(GPT_ARGS + ["--repeats", "3" if q else "5", "--steps", "10" if q else "20", "--json", str(out / "overhead_gpt.json")]),
+        "overhead_mlp": lambda: overhead.main(["--repeats", "3" if q else "7", "--steps", "1000" if q else "2000", "--json", str(out / "overhead_mlp.json")]),
+        # Many short rounds: run-to-run noise (±2%) is what limits the resolution here.
+        "overhead_gpt": lambda: overhead.main(GPT_ARGS + ["--repeats", "5" if q else "11", "--steps", "10", "--warmup", "2", "--json", str(out / "overhead_gpt.json")]),
         "import": lambda: import_time.main(["--repeats", "5" if q else "9", "--json", str(out / "import_time.json")]),
         "first_step": lambda: first_step.main(["--repeats", "3" if q else "5", "--json", str(out / "first_step.json")]),
         "ddp": lambda: ddp.main(["--repeats", "2" if q else "3", "--steps", "500" if q else "1000", "--json", str(out / "ddp.json")]),

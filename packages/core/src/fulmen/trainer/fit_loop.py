@@ -210,7 +210,7 @@ def _val_due_in_epoch(trainer, batch_idx: int, last: bool) -> bool:
     return (batch_idx + 1) % interval == 0
 
 
-def _finish_batch(trainer, last: bool) -> bool:
+def _finish_batch(trainer, last: bool, distributed: Optional[bool] = None) -> bool:
     """What follows on_train_batch_end: the batch's log row, epoch-interval schedulers after
     the epoch's last batch, validation when due, the preemption check. A run resumed from a
     checkpoint written inside that hook (or that validation) starts here, so the work the
@@ -221,13 +221,19 @@ def _finish_batch(trainer, last: bool) -> bool:
             trainer._log_step_metrics()
         if last:
             step_schedulers(trainer, "epoch", plateau=False)
-        if _val_due_in_epoch(trainer, progress.batch_idx - 1, last):
+        if trainer._has_validation and _val_due_in_epoch(trainer, progress.batch_idx - 1, last):
             trainer._run_validation()
     progress.validating = False
     progress.phase = "boundary"
-    preemption.check(trainer)
+    # One process with no signal received has nothing to check; ranks must agree at
+    # intervals (check decides when). ``distributed`` comes from the epoch loop, which looks
+    # the world size up once rather than every step.
+    if distributed is None:
+        distributed = trainer.world_size > 1
+    if distributed or trainer._preemption.received is not None:
+        preemption.check(trainer)
     progress.phase = ""
-    return trainer._max_steps_reached() or trainer._stop_granted()
+    return trainer._max_steps_reached() or (trainer.should_stop and trainer._stop_granted())
 
 
 def run_training_epoch(trainer, resumed: bool = False) -> None:
@@ -243,6 +249,7 @@ def run_training_epoch(trainer, resumed: bool = False) -> None:
     # Detaching training_step's output for on_train_batch_end costs a tensor op per step;
     # skip it when no implementation of that hook takes ``outputs``.
     wants_outputs = trainer._relay.wants("on_train_batch_end", "outputs")
+    distributed = trainer.world_size > 1
     if resumed and progress.phase in ("batch_end", "boundary") and start > 0:
         # The checkpoint was written before its batch was done: finish that batch first.
         with warnings.catch_warnings():
@@ -294,7 +301,7 @@ def run_training_epoch(trainer, resumed: bool = False) -> None:
         outputs = detached_outputs(output) if wants_outputs else None
         trainer._call("on_train_batch_end", outputs=outputs, batch=batch, batch_idx=batch_idx)
         batch_idx += 1
-        if _finish_batch(trainer, last):
+        if _finish_batch(trainer, last, distributed):
             break
     metrics.settle_batch_size()  # keep the last batch's size, not a reference to the batch
     progress.epoch_complete = batch_idx >= limit or exhausted

@@ -51,6 +51,11 @@ def move_data_to_device(data: Any, device: torch.device) -> Any:
 
     kind = type(data)
     if kind is list or kind is tuple:  # the usual (x, y) batch, handled without recursion
+        if device.type == "cpu":  # and without a call per tensor already there
+            return kind([
+                v if isinstance(v, torch.Tensor) and v.is_cpu else move(v) if isinstance(v, torch.Tensor) else apply_to_tensors(v, move)
+                for v in data
+            ])
         return kind([move(v) if isinstance(v, torch.Tensor) else apply_to_tensors(v, move) for v in data])
     return apply_to_tensors(data, move)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from fulmen_loggers._base import TrackingLogger
-from fulmen_loggers._delivery import METRICS, Record, Sink
+from fulmen_loggers._records import METRICS, Record
+from fulmen_loggers._sink import Sink
 
 
 class FileBackend:

@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 from delivery_doubles import FileBackend, FileBackendLogger, build_sink
 
-from fulmen_loggers._delivery import METRICS, REJECTED_FILE, DeliveryOptions, Dispatcher, FulmenLoggerWarning, Spool
+from fulmen_loggers._delivery import Dispatcher
+from fulmen_loggers._records import METRICS, REJECTED_FILE, FulmenLoggerWarning
+from fulmen_loggers._sink import DeliveryOptions
+from fulmen_loggers._spool import Spool
 from fulmen_loggers.replay import replay
 
 HERE = Path(__file__).resolve().parent
@@ -232,7 +235,7 @@ def test_resume_after_sigkill_has_every_step_once(tmp_path, outage):
 
 
 def test_a_new_writer_ends_a_dead_writers_torn_line(tmp_path):
-    from fulmen_loggers._delivery import Record
+    from fulmen_loggers._records import Record
 
     first = Spool(tmp_path)
     first.append([Record(1, n, METRICS, n, 0, {"loss": 1.0}) for n in (1, 2)])

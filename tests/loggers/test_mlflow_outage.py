@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from test_mlflow_logger import assert_same_history  # noqa: E402
 
 from fulmen_loggers import MLflowLogger  # noqa: E402
-from fulmen_loggers._delivery import FulmenLoggerWarning  # noqa: E402
+from fulmen_loggers._records import FulmenLoggerWarning  # noqa: E402
 
 BIN = Path(sys.executable).parent
 

@@ -3,7 +3,7 @@ flattening, checkpoint artifacts, resume state and rank-zero behaviour.
 
 A subclass says where its run directory is (``_root_dir``), which settings identify its run
 (``_settings``, stored in ``fulmen-delivery/meta.json`` so that ``fulmen loggers replay`` can
-rebuild the client), and names the function that builds its :class:`~fulmen_loggers._delivery.Sink`
+rebuild the client), and names the function that builds its :class:`~fulmen_loggers._sink.Sink`
 from those settings (``SINK``). Everything that talks to the backend runs on the delivery
 thread; the methods the Trainer calls only build records.
 """
@@ -22,17 +22,20 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 from fulmen.loggers.base import Logger
 
-from fulmen_loggers import _delivery
-from fulmen_loggers._delivery import (
+from fulmen_loggers._delivery import Dispatcher
+from fulmen_loggers._records import (
     ARTIFACT,
     DELIVERY_DIR,
     END,
+    META_FILE,
     METRICS,
     PARAMS,
-    DeliveryOptions,
-    Dispatcher,
+    SPOOL_FILE,
     FulmenLoggerWarning,
+    read_json,
 )
+from fulmen_loggers._sink import DeliveryOptions
+from fulmen_loggers._spool import Spool
 
 LOG_MODEL_MODES = {False: "off", None: "off", "off": "off", True: "best", "best": "best", "all": "all"}
 
@@ -216,14 +219,14 @@ class TrackingLogger(Logger):
 
     @property
     def spool_path(self) -> Path:
-        return self.delivery_dir / _delivery.SPOOL_FILE
+        return self.delivery_dir / SPOOL_FILE
 
     @property
     def identity(self) -> Dict[str, Any]:
         """What identifies the backend run once the delivery thread created it (e.g. run id)."""
         if self._dispatcher is not None and self._dispatcher.identity:
             return dict(self._dispatcher.identity)
-        meta = _delivery.read_json(self.delivery_dir / _delivery.META_FILE, {}) if self._version_known() else {}
+        meta = read_json(self.delivery_dir / META_FILE, {}) if self._version_known() else {}
         return {**self._restored_identity, **(meta.get("identity") or {})}
 
     def _version_known(self) -> bool:
@@ -275,7 +278,7 @@ class TrackingLogger(Logger):
     @property
     def spooled(self) -> int:
         """Records waiting in the spool file (reads it)."""
-        return _delivery.Spool(self.delivery_dir).pending_count() if self.spool_path.exists() else 0
+        return Spool(self.delivery_dir).pending_count() if self.spool_path.exists() else 0
 
     # ------------------------------------------------------------------ the Logger contract
     def _metric_name(self, name: str) -> str:

@@ -38,326 +38,45 @@ Rules, and why:
   the checkpoint by the process that died (the resumed run logs those steps again), and the
   resumed run does not send values at steps that an earlier process of the run already
   delivered (``delivered.json``, or the backend's own answer), so no step is missing or doubled.
+
+The pieces: ``_records`` (a record, its kinds, the directory's file names), ``_spool`` (the
+file and its acknowledgement), ``_sink`` (what a backend implements, the options),
+``_dir_lock`` (one drainer per directory); this module is the dispatcher that moves records.
 """
 
 from __future__ import annotations
 
 import atexit
 import collections
-import fcntl
 import itertools
 import json
-import logging
 import math
-import os
 import random
 import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from fulmen.errors import FulmenWarning
-
-log = logging.getLogger("fulmen_loggers")
-
-DELIVERY_DIR = "fulmen-delivery"
-SPOOL_FILE = "spool.jsonl"
-ACK_FILE = "spool.ack"
-META_FILE = "meta.json"
-LEDGER_FILE = "delivered.json"
-REJECTED_FILE = "rejected.jsonl"
-GENERATION_FILE = "generation"
-LOCK_FILE = "lock"
-
-# Record kinds
-METRICS = "metrics"  # data: {name: float}; step: the trainer's global step
-PARAMS = "params"  # data: {"flat": {name: str|number|bool}, "nested": {...}}
-ARTIFACT = "artifact"  # data: {"path", "staged", "name", "aliases", "artifact_path"}
-GRAPH = "graph"  # data: {"graph": base64 GraphDef, "stats": base64 RunMetadata}
-END = "end"  # data: {"status": "success"|"failed"|"interrupted", "metric_keys": [...]}
-REWIND = "rewind"  # step: the checkpoint step of a resumed run; never sent
-
-Seq = Tuple[int, int]
-
-
-class FulmenLoggerWarning(FulmenWarning):
-    """A tracking backend is unreachable or refused something; training goes on."""
-
-
-class Record:
-    """One thing to send; its JSON line is what the spool holds."""
-
-    __slots__ = ("gen", "n", "kind", "step", "ts", "data")
-
-    def __init__(self, gen: int, n: int, kind: str, step: Optional[int], ts: int, data: Any) -> None:
-        self.gen = gen
-        self.n = n
-        self.kind = kind
-        self.step = step
-        self.ts = ts  # milliseconds since the epoch, when the training thread logged it
-        self.data = data
-
-    @property
-    def seq(self) -> Seq:
-        return (self.gen, self.n)
-
-    def with_data(self, data: Any) -> "Record":
-        return Record(self.gen, self.n, self.kind, self.step, self.ts, data)
-
-    def to_line(self) -> str:
-        obj = {"g": self.gen, "n": self.n, "k": self.kind, "s": self.step, "t": self.ts, "d": self.data}
-        return json.dumps(obj, separators=(",", ":"), default=str) + "\n"
-
-    @classmethod
-    def from_obj(cls, obj: Dict[str, Any]) -> "Record":
-        return cls(int(obj["g"]), int(obj["n"]), str(obj["k"]), obj.get("s"), int(obj.get("t") or 0), obj.get("d"))
-
-    def __repr__(self) -> str:
-        return f"Record({self.kind}, seq={self.seq}, step={self.step})"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` (write then rename; no fsync: these files are bookkeeping
-    that survives a process crash, and the spool it describes is replayed idempotently)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
-def read_json(path: Path, default: Any) -> Any:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return default
-
-
-# ---------------------------------------------------------------------------------- spool
-
-
-class Spool:
-    """``spool.jsonl`` (append-only records) and ``spool.ack`` (highest delivered sequence)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-        self.path = self.directory / SPOOL_FILE
-        self.ack_path = self.directory / ACK_FILE
-        self._lock = threading.Lock()
-        self._handle = None
-        self._ack: Optional[Seq] = None
-        # True while the file may hold records that were not delivered; read without the
-        # lock by the delivery thread (a stale True only costs one extra read of the file).
-        self.dirty = self.path.exists() and self.path.stat().st_size > 0
-        self.max_seq: Seq = (0, 0)  # highest sequence number in the file (set by reads, appends)
-        self.last_read_size = 0
-
-    def append(self, records: Iterable[Record]) -> int:
-        records = list(records)
-        text = "".join(r.to_line() for r in records)
-        if not text:
-            return 0
-        with self._lock:
-            if self._handle is None:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                self._handle = open(self.path, "a", encoding="utf-8")
-                if _ends_torn(self.path):
-                    self._handle.write("\n")  # end a dead writer's torn line; it stays unreadable alone
-            self._handle.write(text)
-            self._handle.flush()
-            self.dirty = True
-            self.max_seq = max([self.max_seq] + [r.seq for r in records])
-        return len(records)
-
-    def ack(self) -> Seq:
-        if self._ack is None:
-            value = read_json(self.ack_path, None)
-            self._ack = (int(value[0]), int(value[1])) if isinstance(value, list) and len(value) == 2 else (0, 0)
-        return self._ack
-
-    def write_ack(self, seq: Seq) -> None:
-        if seq <= self.ack():
-            return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.ack_path, json.dumps(list(seq)))
-        self._ack = seq
-
-    def read(self, offset: int = 0) -> Tuple[List[Record], int]:
-        """Every parseable record from byte ``offset`` on, and the offset after the last
-        complete line (a torn last line, from a process killed mid-write, is left for later)."""
-        records: List[Record] = []
-        try:
-            with open(self.path, "rb") as handle:
-                handle.seek(offset)
-                raw = handle.read()
-        except FileNotFoundError:
-            self.last_read_size = 0
-            return records, 0
-        self.last_read_size = offset + len(raw)
-        complete = raw.rfind(b"\n") + 1
-        raw = raw[:complete]
-        for line in raw.splitlines():
-            if not line.strip():
-                continue
-            try:
-                records.append(Record.from_obj(json.loads(line)))
-            except (ValueError, KeyError, TypeError):
-                log.warning("skipping an unreadable line in %s", self.path)
-        if records:
-            self.max_seq = max(self.max_seq, max(r.seq for r in records))
-        return records, offset + complete
-
-    @staticmethod
-    def ordered(records: List[Record], after: Seq) -> List[Record]:
-        """Records after ``after`` in sequence order, each once, rewinds applied."""
-        by_seq: Dict[Seq, Record] = {}
-        for record in records:
-            if record.seq > after:
-                by_seq[record.seq] = record  # the same record may be spooled twice (persist + failure)
-        out: List[Record] = []
-        for seq in sorted(by_seq):
-            record = by_seq[seq]
-            if record.kind == REWIND:
-                limit = record.step
-                out = [
-                    r
-                    for r in out
-                    if not (r.kind == METRICS and r.step is not None and r.gen < record.gen and r.step > limit)
-                ]
-                continue
-            out.append(record)
-        return out
-
-    def pending(self, after: Optional[Seq] = None) -> Tuple[List[Record], Seq, int]:
-        """Undelivered records in sequence order, rewinds applied; plus the highest sequence
-        number seen in the file (delivering everything means acknowledging it) and the size read."""
-        records, _ = self.read()
-        ack = self.ack() if after is None else max(self.ack(), after)
-        highest = max((r.seq for r in records), default=ack)
-        return self.ordered(records, ack), highest, self.last_read_size
-
-    def pending_count(self) -> int:
-        return len(self.pending()[0]) if self.path.exists() else 0
-
-    def truncate_if_unchanged(self, size: int) -> bool:
-        """Empty the file if nothing was appended since it was read at ``size`` bytes."""
-        with self._lock:
-            try:
-                current = self.path.stat().st_size
-            except FileNotFoundError:
-                self.dirty = False
-                return True
-            if current != size:
-                return False
-            if self._handle is not None:
-                self._handle.truncate(0)  # O_APPEND: later writes start at the new end
-            else:
-                os.truncate(self.path, 0)
-            self.dirty = False
-            return True
-
-    def close(self) -> None:
-        with self._lock:
-            if self._handle is not None:
-                try:
-                    self._handle.flush()
-                    os.fsync(self._handle.fileno())
-                except OSError:
-                    pass
-                self._handle.close()
-                self._handle = None
-
-
-def _ends_torn(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            if handle.tell() == 0:
-                return False
-            handle.seek(-1, os.SEEK_END)
-            return handle.read(1) != b"\n"
-    except OSError:
-        return False
-
-
-# ---------------------------------------------------------------------------------- sink
-
-
-class Sink:
-    """One backend run, driven only by the delivery thread (or by ``fulmen loggers replay``).
-
-    ``open`` creates or continues the run and returns what identifies it (for example
-    ``{"run_id": ...}``), which is stored in ``meta.json`` so that a resumed run and the
-    replay command continue the same backend run. ``send`` delivers one chunk as produced by
-    ``chunks`` and raises if any of it may not have arrived.
-    """
-
-    label = "backend"
-    # The backend itself drops what a crashed process logged after the resume step (TensorBoard's
-    # purge_step); values at or before it are still deduplicated.
-    rewinds_on_resume = False
-
-    def open(self, resume_step: Optional[int]) -> Dict[str, Any]:
-        return {}
-
-    def chunks(self, records: List[Record]) -> Iterator[List[Record]]:
-        for record in records:
-            yield [record]
-
-    def send(self, chunk: List[Record]) -> None:
-        raise NotImplementedError
-
-    def latest_metrics(self) -> Optional[Dict[str, Tuple[float, int]]]:
-        """Per metric name, the (step, timestamp in ms) of the latest value the backend holds,
-        or None if it cannot say. Used after a call whose outcome is unknown (a timeout, a
-        process that died mid-call) to skip what did arrive, and when a run resumes."""
-        return None
-
-    def is_permanent(self, exc: BaseException) -> bool:
-        """True when retrying ``exc`` cannot help (the backend refused the values)."""
-        return False
-
-    def close(self) -> None:
-        pass
-
-
-def describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    text = " ".join(text.split())
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-# ---------------------------------------------------------------------------------- options
-
-
-class DeliveryOptions:
-    """How a logger talks to its backend (see each logger's docstring for the defaults)."""
-
-    def __init__(
-        self,
-        queue_size: int = 10_000,
-        max_batch: int = 1_000,
-        flush_interval: float = 1.0,
-        retry_initial: float = 0.5,
-        retry_max: float = 30.0,
-        close_timeout: float = 30.0,
-    ) -> None:
-        if queue_size < 1 or max_batch < 1:
-            raise ValueError("queue_size and max_batch must be at least 1")
-        self.queue_size = int(queue_size)
-        self.max_batch = int(max_batch)
-        self.flush_interval = max(0.0, float(flush_interval))
-        self.retry_initial = max(0.01, float(retry_initial))
-        self.retry_max = max(self.retry_initial, float(retry_max))
-        self.close_timeout = max(0.0, float(close_timeout))
-
-
-# ---------------------------------------------------------------------------------- dispatcher
+from fulmen_loggers._dir_lock import try_lock, unlock
+from fulmen_loggers._records import (
+    END,
+    GENERATION_FILE,
+    LEDGER_FILE,
+    META_FILE,
+    METRICS,
+    REJECTED_FILE,
+    REWIND,
+    FulmenLoggerWarning,
+    Record,
+    Seq,
+    log,
+    now_ms,
+    read_json,
+    write_text_atomic,
+)
+from fulmen_loggers._sink import DeliveryOptions, Sink, describe
+from fulmen_loggers._spool import Spool
 
 _live: "collections.OrderedDict[int, Dispatcher]" = collections.OrderedDict()
 _live_lock = threading.Lock()
@@ -814,17 +533,9 @@ class Dispatcher:
             self.spool.write_ack(highest)
             self.spool.truncate_if_unchanged(size)
             return
-        if not self._ensure_open():
+        records = self._open_and_reconcile(records)
+        if records is None:
             return
-        if self._reconcile:
-            try:
-                latest = self._sink.latest_metrics()
-            except Exception as exc:
-                self._failed(exc, "checking what arrived")
-                return
-            self._reconcile = False
-            if latest is not None:
-                records = self._skip_landed(records, latest)
         remaining = self._deliver(records, from_spool=True)
         if remaining:
             return
@@ -837,17 +548,9 @@ class Dispatcher:
         raw, offset = self.spool.read(self._offset)
         records = Spool.ordered(raw, max(self.spool.ack(), self._sent))
         if records:
-            if not self._ensure_open():
+            records = self._open_and_reconcile(records)
+            if records is None:
                 return
-            if self._reconcile:
-                try:
-                    latest = self._sink.latest_metrics()
-                except Exception as exc:
-                    self._failed(exc, "checking what arrived")
-                    return
-                self._reconcile = False
-                if latest is not None:
-                    records = self._skip_landed(records, latest)
             if self._deliver(records, from_spool=True):
                 return  # failed: read again from the same place next time
         if raw:
@@ -862,6 +565,22 @@ class Dispatcher:
             self._confirmed = None
         if self._outage_since is not None and not self._backlog():
             self._recovered()
+
+    def _open_and_reconcile(self, records: List[Record]) -> Optional[List[Record]]:
+        """The records still to send once the run is open, less those an earlier call that
+        failed mid-way did deliver; None when the backend cannot be reached (try later)."""
+        if not self._ensure_open():
+            return None
+        if self._reconcile:
+            try:
+                latest = self._sink.latest_metrics()
+            except Exception as exc:
+                self._failed(exc, "checking what arrived")
+                return None
+            self._reconcile = False
+            if latest is not None:
+                records = self._skip_landed(records, latest)
+        return records
 
     def _deliver(self, records: List[Record], from_spool: bool) -> List[Record]:
         """Send in order; return the records not delivered because the backend failed."""
@@ -1015,55 +734,19 @@ class Dispatcher:
     def _lock_directory(self) -> None:
         """Keep ``fulmen loggers replay`` from draining the spool while this process does."""
         try:
-            fd = os.open(self.directory / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+            self._lock_fd = try_lock(self.directory, wait=30.0)
         except OSError:
             return
-        deadline = time.monotonic() + 30.0
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.monotonic() >= deadline:
-                    log.warning("%s: %s stays locked by another process; going on", self.label, self.directory)
-                    os.close(fd)
-                    return
-                time.sleep(0.2)
-        self._lock_fd = fd
+        if self._lock_fd is None:
+            log.warning("%s: %s stays locked by another process; going on", self.label, self.directory)
 
     def _unlock_directory(self) -> None:
         if self._lock_fd is not None:
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            unlock(self._lock_fd)
+            self._lock_fd = None
 
 
 class _Transient(Exception):
     def __init__(self, exc: BaseException) -> None:
         super().__init__(describe(exc))
         self.exc = exc
-
-
-def try_lock(directory: Path, wait: float = 0.0) -> Optional[int]:
-    """The delivery directory's lock, waiting up to ``wait`` seconds; None if a live process
-    keeps holding it."""
-    fd = os.open(Path(directory) / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except OSError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                return None
-            time.sleep(0.1)
-
-
-def unlock(fd: int) -> None:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from fulmen_loggers._base import MissingArtifact, TrackingLogger, artifact_source, release_staged
-from fulmen_loggers._delivery import ARTIFACT, END, METRICS, PARAMS, FulmenLoggerWarning, Record, Sink
+from fulmen_loggers._records import ARTIFACT, END, METRICS, PARAMS, FulmenLoggerWarning, Record
+from fulmen_loggers._sink import Sink
 
 # Defaults for the delivery thread's MLflow HTTP calls (environment variables win).
 HTTP_DEFAULTS = {

@@ -18,7 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Union
 
-from fulmen_loggers._delivery import DELIVERY_DIR, META_FILE, Dispatcher, DeliveryOptions, read_json, try_lock, unlock
+from fulmen_loggers._delivery import Dispatcher
+from fulmen_loggers._dir_lock import try_lock, unlock
+from fulmen_loggers._records import DELIVERY_DIR, META_FILE, read_json
+from fulmen_loggers._sink import DeliveryOptions
 
 
 @dataclass

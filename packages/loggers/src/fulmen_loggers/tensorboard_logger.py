@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Union
 
 from fulmen_loggers._base import TrackingLogger, is_global_zero
-from fulmen_loggers._delivery import END, GRAPH, METRICS, PARAMS, FulmenLoggerWarning, Record, Sink
+from fulmen_loggers._records import END, GRAPH, METRICS, PARAMS, FulmenLoggerWarning, Record
+from fulmen_loggers._sink import Sink
 
 
 class TensorBoardLogger(TrackingLogger):
@@ -214,9 +215,9 @@ def _hparams(hparam_dict: Dict[str, Any], metric_dict: Dict[str, float]):
 
 
 def _session_end(summary, status):
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
     from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME, SESSION_END_INFO_TAG
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
-    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 
     content = HParamsPluginData(session_end_info=SessionEndInfo(status=status), version=PLUGIN_DATA_VERSION)
     metadata = SummaryMetadata(

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from fulmen_loggers._base import MissingArtifact, TrackingLogger, artifact_source, release_staged
-from fulmen_loggers._delivery import ARTIFACT, END, METRICS, PARAMS, Record, Sink
+from fulmen_loggers._records import ARTIFACT, END, METRICS, PARAMS, Record
+from fulmen_loggers._sink import Sink
 
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 

@@ -129,6 +129,16 @@ def test_every_n_train_steps(tmp_path):
     assert torch.load(tmp_path / "ckpts" / "epoch=1-step=3.ckpt", weights_only=True)["global_step"] == 3
 
 
+def test_every_n_train_steps_with_accumulation_skips_step_zero(tmp_path):
+    # With accumulate_grad_batches=4 the first three batches end at global step 0, before
+    # any optimizer step: no file for that. Steps 2 and 4 (8 and 16 batches in) get one each.
+    cb = ModelCheckpoint(dirpath=tmp_path / "ckpts", every_n_train_steps=2, save_top_k=-1, filename="{step}")
+    trainer = quiet_trainer(tmp_path, max_epochs=1, accumulate_grad_batches=4, callbacks=[cb])
+    trainer.fit(BoringModule(), loader(16 * 8, batch_size=8))
+    assert trainer.global_step == 4
+    assert _names(tmp_path / "ckpts") == ["step=2.ckpt", "step=4.ckpt"]
+
+
 def test_every_n_epochs(tmp_path):
     cb = ModelCheckpoint(dirpath=tmp_path / "ckpts", every_n_epochs=2, save_top_k=-1, filename="{epoch}")
     _fit(tmp_path, [cb], scores=(1.0,) * 5)

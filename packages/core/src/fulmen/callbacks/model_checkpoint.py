@@ -19,7 +19,7 @@ import torch
 
 from fulmen.callbacks.base import Callback
 from fulmen.errors import FulmenConfigError, FulmenUserCodeError
-from fulmen.io.atomic import atomic_open
+from fulmen.io.atomic import atomic_open, remove_stale_temp_files
 
 _FIELD = re.compile(r"\{([^{}:!]+)(?:![rsa])?(?::[^{}]*)?\}")
 
@@ -93,6 +93,8 @@ class ModelCheckpoint(Callback):
         if self.dirpath is None:
             base = trainer.log_dir if trainer.loggers else trainer.default_root_dir
             self.dirpath = str(Path(base) / "checkpoints")
+        if stage == "fit" and trainer.is_global_zero:
+            remove_stale_temp_files(self.dirpath)  # a resumed run after a kill mid-save
 
     def on_train_start(self, trainer) -> None:
         import time
@@ -105,7 +107,10 @@ class ModelCheckpoint(Callback):
         if self._skip(trainer):
             return
         due = False
-        if self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0:
+        # Step 0 is before any optimizer step (with accumulate_grad_batches the first batches
+        # end there): nothing trained yet, nothing worth a file.
+        step = trainer.global_step
+        if self.every_n_train_steps and step > 0 and step % self.every_n_train_steps == 0:
             due = True
         if self.train_time_interval is not None:
             import time

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Union
+from typing import BinaryIO, Callable, Iterator, List, Union
+
+log = logging.getLogger("fulmen")
+
+# A temporary file nobody has touched for this long is not being written (a save refreshes
+# its file's mtime with every block): it belongs to a process that was killed mid-save.
+STALE_AFTER_S = 3600.0
 
 PathLike = Union[str, os.PathLike]
 
@@ -30,7 +39,7 @@ def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
     """A binary file that appears at ``path`` only if the ``with`` block succeeded."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(target.name), suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -47,3 +56,49 @@ def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
     with atomic_open(path) as handle:
         write(handle)
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_") or "host"
+
+
+def _temp_prefix(name: str) -> str:
+    """``.NAME.HOST.PID.``: enough for a later process to tell a dead writer's leftover."""
+    return f".{name}.{_host()}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(directory: PathLike) -> List[Path]:
+    """Delete what saves killed mid-write left in ``directory`` (a SIGKILL skips the cleanup
+    in :func:`atomic_open`; repeated preemptions would otherwise fill the disk with partial
+    multi-GB files). A file is stale when its writer ran on this host and is gone, or when
+    nothing wrote to it for an hour (a writer on another node). Returns what was removed."""
+    removed: List[Path] = []
+    folder = Path(directory)
+    if not folder.is_dir():
+        return removed
+    host, now = _host(), time.time()
+    for candidate in folder.glob(".*.tmp"):
+        parts = candidate.name[1:-len(".tmp")].rsplit(".", 3)  # NAME, HOST, PID, random
+        if len(parts) != 4 or not parts[2].isdigit():
+            continue  # not one of ours
+        try:
+            stat = candidate.stat()
+        except FileNotFoundError:
+            continue
+        same_host_dead = parts[1] == host and not _pid_alive(int(parts[2]))
+        if same_host_dead or now - stat.st_mtime > STALE_AFTER_S:
+            with contextlib.suppress(FileNotFoundError):
+                candidate.unlink()
+                removed.append(candidate)
+                log.info("removed %s (%d bytes), left by a save that did not finish", candidate, stat.st_size)
+    return removed

@@ -54,6 +54,7 @@ import math
 import random
 import threading
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -178,6 +179,10 @@ class Dispatcher:
         meta = read_json(self.directory / META_FILE, {})
         meta.update({k: v for k, v in self.settings.items() if v is not None or k not in meta})
         meta.setdefault("identity", {})
+        # Written before any call, so a backend that creates a run can tag it with this and
+        # find it again when the reply to the create call was lost (or the process died
+        # before it could note the run's id): one run per run directory, never two.
+        meta.setdefault("run_key", uuid.uuid4().hex)
         self.meta = meta
         self.identity = dict(meta["identity"])
         write_text_atomic(self.directory / META_FILE, json.dumps(meta, indent=2, sort_keys=True, default=str))

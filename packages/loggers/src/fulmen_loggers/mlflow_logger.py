@@ -22,6 +22,9 @@ from fulmen_loggers._base import MissingArtifact, TrackingLogger, artifact_sourc
 from fulmen_loggers._records import ARTIFACT, END, METRICS, PARAMS, FulmenLoggerWarning, Record
 from fulmen_loggers._sink import Sink
 
+# Tags each run with its run directory's key (see ``_run_created_earlier``).
+RUN_KEY_TAG = "fulmen.run_key"
+
 # Defaults for the delivery thread's MLflow HTTP calls (environment variables win).
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
@@ -200,6 +203,7 @@ class MLflowSink(Sink):
         restored = dict(meta.get("restored_identity") or {})
         self.run_id: Optional[str] = identity.get("run_id") or restored.get("run_id") or self.settings.get("run_id")
         self.replaying = bool(meta.get("replaying"))
+        self.run_key: Optional[str] = meta.get("run_key")
         configure_http(self.settings)
         from mlflow.tracking import MlflowClient
 
@@ -236,9 +240,25 @@ class MLflowSink(Sink):
                 tags = resolve_tags(tags)
             except Exception:
                 pass
-            run = self.client.create_run(self._experiment_id(), run_name=self.settings.get("run_name"), tags=tags)
+            experiment_id = self._experiment_id()
+            run = self._run_created_earlier(experiment_id)
+            if run is None:
+                if self.run_key:
+                    tags[RUN_KEY_TAG] = self.run_key
+                run = self.client.create_run(experiment_id, run_name=self.settings.get("run_name"), tags=tags)
             self.run_id = run.info.run_id
         return {"run_id": self.run_id, "experiment_id": run.info.experiment_id}
+
+    def _run_created_earlier(self, experiment_id: str):
+        """The run an earlier ``create_run`` of this run directory made, if one did: its reply
+        may have been lost to a timeout, or the process may have died before noting the id.
+        Creating again would split the metrics over two runs."""
+        if not self.run_key:
+            return None
+        runs = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{self.run_key}'", max_results=1
+        )
+        return runs[0] if runs else None
 
     def latest_metrics(self) -> Optional[Dict[str, Tuple[float, int]]]:
         """MLflow keeps each metric's latest value (highest step, then timestamp) on the run."""

@@ -64,9 +64,29 @@ class ResumableRandomSampler(Sampler[int]):
 
 
 class _SkippableSequentialSampler(SequentialSampler):
+    """In-order sampling that can start mid-pass. It counts epochs like
+    ``ResumableRandomSampler`` although its order ignores them: the epoch picks the seeds of
+    the DataLoader's worker processes (see ``LoaderPosition.begin_pass``)."""
+
     start_index = 0
+    epoch = 0
+    _explicit = False
+    _next_auto = 0
+    pass_epoch: Optional[int] = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self._explicit = True
+
+    @property
+    def next_epoch(self) -> int:
+        return self.epoch if self._explicit else self._next_auto
 
     def __iter__(self) -> Iterator[int]:
+        epoch = self.next_epoch
+        self._explicit = False
+        self._next_auto = epoch + 1
+        self.pass_epoch = self.epoch = epoch
         start, self.start_index = self.start_index, 0
         return iter(range(start, len(self.data_source)))
 
@@ -132,12 +152,15 @@ def with_sampler(loader: DataLoader, sampler: Sampler, generator: Optional[torch
     if loader.num_workers > 0:
         kwargs["prefetch_factor"] = loader.prefetch_factor
     try:
-        return type(loader)(**kwargs)
+        rebuilt = type(loader)(**kwargs)
     except TypeError as exc:
         raise FulmenConfigError(
             f"cannot rebuild {type(loader).__name__} with a new sampler ({exc}); subclasses must accept "
             "DataLoader's keyword arguments"
         ) from None
+    if generator is not None:
+        rebuilt._fulmen_seeds_workers = True  # the generator is fulmen's: begin_pass reseeds it
+    return rebuilt
 
 
 def _draw_seed(generator: Optional[torch.Generator]) -> int:
@@ -182,8 +205,27 @@ class LoaderPosition:
     def skip_next(self, batches: int) -> None:
         self._skip = int(batches)
 
+    def _seed_workers(self) -> None:
+        """``iter(loader)`` draws the seed of its worker processes (and so of every random
+        augmentation they make) from ``loader.generator``. Drawn from a generator that only
+        advances, a resumed run would give epoch 3 the seed the first epoch had; reseeding it
+        from ``(sampler seed, rank, epoch)`` gives each epoch the same worker seed in every
+        run. (Mid-epoch the workers still differ: they skip nothing of their own streams.)"""
+        loader = self.loader
+        if not getattr(loader, "_fulmen_seeds_workers", False) or getattr(loader, "generator", None) is None:
+            return
+        sampler = self.sampler
+        epoch = getattr(sampler, "next_epoch", None)
+        if epoch is None:
+            epoch = getattr(sampler, "epoch", None)
+        if epoch is None:
+            return
+        key = (int(getattr(sampler, "seed", 0)), int(getattr(sampler, "rank", 0)), int(epoch))
+        loader.generator.manual_seed(hash(key) & 0x7FFF_FFFF_FFFF_FFFF)  # ints hash the same in every process
+
     def begin_pass(self) -> int:
         """Called right before ``iter(loader)``; returns how many batches to draw and drop."""
+        self._seed_workers()
         self.consumed = 0
         skip, self._skip = self._skip, 0
         if skip == 0:
@@ -202,9 +244,10 @@ class LoaderPosition:
     def state_dict(self) -> Dict[str, Any]:
         state: Dict[str, Any] = {"batches_consumed": self.consumed}
         sampler = self.sampler
-        if isinstance(sampler, ResumableRandomSampler):
+        if isinstance(sampler, (ResumableRandomSampler, _SkippableSequentialSampler)):
             in_pass = self.consumed > 0 and sampler.pass_epoch is not None
-            state["sampler"] = {"seed": sampler.seed, "epoch": sampler.pass_epoch if in_pass else sampler.next_epoch}
+            epoch = sampler.pass_epoch if in_pass else sampler.next_epoch
+            state["sampler"] = {"seed": getattr(sampler, "seed", 0), "epoch": epoch}
         elif isinstance(sampler, DistributedSampler):
             state["sampler"] = {"seed": sampler.seed, "epoch": sampler.epoch}
         if self._native():
@@ -217,6 +260,8 @@ class LoaderPosition:
         saved = state.get("sampler")
         if saved and isinstance(sampler, (ResumableRandomSampler, DistributedSampler)):
             sampler.seed = int(saved["seed"])
+            sampler.set_epoch(int(saved["epoch"]))
+        elif saved and isinstance(sampler, _SkippableSequentialSampler):
             sampler.set_epoch(int(saved["epoch"]))
         if "loader" in state and self._native():
             self.loader.load_state_dict(state["loader"])

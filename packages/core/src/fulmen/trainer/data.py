@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, List, Union
 
 from torch.utils.data import DataLoader, IterableDataset, SequentialSampler
 
+from fulmen.dataloading import with_sampler
 from fulmen.errors import FulmenConfigError, FulmenUserCodeError
 
 INF = math.inf
@@ -96,44 +97,6 @@ def check_not_empty(loader: Any, count: Union[int, float], what: str, limit: Any
         f"the {what} dataloader yields no batches{detail}; give it data, a smaller batch_size "
         "or drop_last=False"
     )
-
-
-def with_sampler(loader: Any, sampler: Any) -> Any:
-    """The same DataLoader with another sampler (for overfit_batches and distributed data)."""
-    if not isinstance(loader, DataLoader):
-        raise FulmenConfigError(
-            f"cannot change the sampler of a {type(loader).__name__}; pass a torch DataLoader"
-        )
-    if isinstance(loader.dataset, IterableDataset):
-        return loader
-    kwargs = dict(
-        dataset=loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=sampler,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        drop_last=loader.drop_last,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context,
-        generator=loader.generator,
-        persistent_workers=loader.persistent_workers,
-    )
-    if loader.num_workers > 0:
-        kwargs["prefetch_factor"] = loader.prefetch_factor
-    if loader.batch_size is None:  # the user gave a batch_sampler
-        raise FulmenConfigError(
-            "this DataLoader uses a custom batch_sampler, which fulmen cannot re-seat; build it "
-            "with batch_size= and a sampler, or set use_distributed_sampler=False/overfit_batches=0"
-        )
-    try:
-        return type(loader)(**kwargs)
-    except TypeError as exc:
-        raise FulmenConfigError(
-            f"cannot rebuild {type(loader).__name__} with a new sampler ({exc}); subclasses must "
-            "accept DataLoader's keyword arguments"
-        ) from None
 
 
 def sequential(loader: Any) -> Any:

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -18,13 +19,14 @@ from delivery_doubles import FileBackend, FileBackendLogger, build_sink
 
 from fulmen_loggers._delivery import Dispatcher
 from fulmen_loggers._records import METRICS, REJECTED_FILE, FulmenLoggerWarning
-from fulmen_loggers._sink import DeliveryOptions
+from fulmen_loggers._sink import DeliveryOptions, Sink
 from fulmen_loggers._spool import Spool
 from fulmen_loggers.replay import replay
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "logger_train_script.py"
 FAST = dict(retry_initial=0.05, retry_max=0.2, flush_interval=0.02)
+FAST_RETRY = dict(retry_initial=0.05, retry_max=0.2)
 
 
 def dispatcher(tmp_path, backend, **options) -> Dispatcher:
@@ -95,6 +97,87 @@ def test_an_overflow_spills_the_whole_buffer_so_memory_holds_only_newer_records(
     backend.hang(False)
     assert d.close() == 0
     assert steps(backend) == list(range(1, 33))
+
+
+def test_a_record_persisted_while_being_sent_is_not_sent_again(tmp_path, monkeypatch):
+    # persist() (the logger's save() before a checkpoint) copies the batch in flight to the
+    # spool; the copy must be acknowledged before the next drain reads the spool.
+    backend = FileBackend(tmp_path / "backend")
+    d = dispatcher(tmp_path, backend, max_batch=5)
+    sent, resume = threading.Event(), threading.Event()
+    original = Dispatcher._delivered
+
+    def delivered_then_pause(self, chunk, from_spool):
+        original(self, chunk, from_spool)
+        if not from_spool and not sent.is_set():
+            sent.set()
+            resume.wait(5)
+
+    monkeypatch.setattr(Dispatcher, "_delivered", delivered_then_pause)
+    for step in (1, 2, 3):
+        d.submit(METRICS, {"loss": float(step)}, step)
+    d.request_flush()
+    assert sent.wait(5)
+    d.persist()  # the batch was delivered, but the thread has not settled it yet
+    resume.set()
+    assert d.close() == 0
+    assert steps(backend) == [1, 2, 3]
+
+
+def test_two_logging_threads_lose_nothing_when_one_spills(tmp_path, monkeypatch):
+    # Thread A overflows the buffer and spills it. Were thread B's newer record sent, and
+    # acknowledged in the spool, before A's spilled records were written there, those would
+    # count as delivered. Each side waits for the other where the race would bite.
+    got, b_sending, a_written = [], threading.Event(), threading.Event()
+
+    class Recorder(Sink):
+        def send(self, chunk):
+            for record in chunk:
+                if record.step == 100:
+                    b_sending.set()
+                    a_written.wait(5)
+                got.append(record.step)
+
+    started = threading.Event()
+    original_take = Dispatcher._take
+
+    def take_when_started(self):
+        started.wait(5)  # the delivery thread takes nothing until the buffer is full
+        return original_take(self)
+
+    original_append = Spool.append
+
+    def spill_after_b(self, records):
+        records = list(records)
+        if threading.current_thread().name != "A":
+            return original_append(self, records)
+        other.start()
+        b_sending.wait(1.0)  # never set while A's spill holds the buffer's lock
+        written = original_append(self, records)
+        a_written.set()
+        return written
+
+    monkeypatch.setattr(Dispatcher, "_take", take_when_started)
+    monkeypatch.setattr(Spool, "append", spill_after_b)
+    options = DeliveryOptions(queue_size=3, max_batch=1, flush_interval=0.0, close_timeout=5.0, **FAST_RETRY)
+    d = Dispatcher(lambda meta: Recorder(), tmp_path / "delivery", "Recorder", options, {})
+    d.start()
+
+    def thread_a():
+        for step in range(1, 5):  # the 4th overflows a queue of 3
+            d.submit(METRICS, {"loss": float(step)}, step)
+
+    def thread_b():
+        started.set()
+        d.submit(METRICS, {"loss": 100.0}, 100)
+
+    other = threading.Thread(target=thread_b, name="B")
+    first = threading.Thread(target=thread_a, name="A")
+    first.start()
+    first.join(10)
+    other.join(10)
+    assert d.close() == 0
+    assert sorted(got) == [1, 2, 3, 4, 100]
 
 
 def test_outage_spools_in_order_and_replays_when_the_backend_returns(tmp_path):

@@ -92,3 +92,25 @@ def test_lost_create_reply_continues_the_run_it_made(mlflow_server, tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.tags[RUN_KEY_TAG]
     assert_same_history(client, logger.run_id, reference)
+
+
+def test_resume_elsewhere_before_the_run_id_was_known_finds_the_run(mlflow_server, tmp_path):
+    """The checkpoint's logger state carries the run key: a job that died before learning the
+    run id (its create reply lost) and resumes in another directory continues that run."""
+    first = MLflowLogger(experiment_name="moved", tracking_uri=mlflow_server.uri, save_dir=tmp_path / "a", **FAST)
+    first.log_metrics({"loss": 1.0}, step=1)
+    first.finalize("success")
+    state = first.state_dict()
+    assert state["identity"]["run_key"] and state["identity"]["run_id"] == first.run_id
+    del state["identity"]["run_id"]  # as if the create reply had never arrived
+
+    second = MLflowLogger(experiment_name="moved", tracking_uri=mlflow_server.uri, save_dir=tmp_path / "b", **FAST)
+    second.load_state_dict(state)
+    second.log_metrics({"loss": 0.5}, step=2)
+    second.finalize("success")
+    assert second.run_id == first.run_id
+
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("moved")
+    assert [r.info.run_id for r in client.search_runs([experiment.experiment_id])] == [first.run_id]
+    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "loss")] == [(1, 1.0), (2, 0.5)]

@@ -182,7 +182,11 @@ class Dispatcher:
         # Written before any call, so a backend that creates a run can tag it with this and
         # find it again when the reply to the create call was lost (or the process died
         # before it could note the run's id): one run per run directory, never two.
-        meta.setdefault("run_key", uuid.uuid4().hex)
+        # A checkpoint carries it in the logger's identity, so a run resumed in another
+        # directory (its meta.json gone) still finds the run an earlier process created.
+        restored = meta.get("restored_identity") or {}
+        meta.setdefault("run_key", restored.get("run_key") or uuid.uuid4().hex)
+        meta["identity"].setdefault("run_key", meta["run_key"])
         self.meta = meta
         self.identity = dict(meta["identity"])
         write_text_atomic(self.directory / META_FILE, json.dumps(meta, indent=2, sort_keys=True, default=str))
@@ -233,27 +237,27 @@ class Dispatcher:
             # stays in memory is always newer than anything spooled: the drain acknowledges
             # the spool up to its highest sequence number, and a buffered record older than
             # that would be acknowledged without being sent.
+            # Appended under the lock: were another logging thread's record to reach the
+            # backend (and its acknowledgement the spool) before these were written, they
+            # would count as delivered.
             spilled = list(self._buf)
             self._buf.clear()
-        spilled.append(record)
-        self.spool.append(spilled)
-        self.stats["overflowed"] += len(spilled)
+            spilled.append(record)
+            self.spool.append(spilled)
+            self.stats["overflowed"] += len(spilled)
 
     def persist(self) -> None:
         """Move what is still in memory to the spool (before a checkpoint is written)."""
-        with self._cv:
+        with self._cv:  # appended under the lock, for the reason ``submit`` gives
             records = list(self._inflight) + list(self._buf)
             if self._inflight:
                 self._inflight_spooled = True
             if self._buf:
                 self._popped = max(self._popped, self._buf[-1].seq)
                 self._buf.clear()
-            self._cv.notify_all()
-        if records:
-            self.spool.append(records)
-            self.stats["persisted"] += len(records)
-        with self._cv:
             if records:
+                self.spool.append(records)
+                self.stats["persisted"] += len(records)
                 self._done = max(self._done, records[-1].seq)
             self._cv.notify_all()
 
@@ -398,20 +402,13 @@ class Dispatcher:
                 batch = self._take()
                 if batch:
                     self._handle(batch)
+                    self._settle(batch)  # before any drain: it would send a persisted copy again
                 if self._backlog() and time.monotonic() >= self._next_try:
                     self._drain()
                 self._save_ledger()
                 with self._cv:
-                    spooled = self._inflight_spooled
-                    if batch:
-                        self._done = max(self._done, batch[-1].seq)
-                        self._inflight = []
-                        self._inflight_spooled = False
                     self._cv.notify_all()
                     closing, buffered = self._closing, bool(self._buf)
-                if spooled and self._delivered_seq is not None and not self.write_ahead:
-                    # persist() copied this batch to the spool while it was being sent.
-                    self.spool.write_ack(self._delivered_seq)
                 if self._finished:
                     break  # close() gave up waiting for this thread and spooled what it held
                 if closing and not buffered:
@@ -432,6 +429,19 @@ class Dispatcher:
             with self._cv:
                 self._finished = True
                 self._cv.notify_all()
+
+    def _settle(self, batch: List[Record]) -> None:
+        """The batch in flight is handled: sent, or spooled to be sent in order later."""
+        with self._cv:
+            spooled = self._inflight_spooled
+            self._done = max(self._done, batch[-1].seq)
+            self._inflight = []
+            self._inflight_spooled = False
+            self._cv.notify_all()
+        if spooled and self._delivered_seq is not None and not self.write_ahead:
+            # persist() copied this batch to the spool while it was being sent: what was
+            # delivered of it must not be sent again from there.
+            self.spool.write_ack(self._delivered_seq)
 
     def _take(self) -> List[Record]:
         first_seen: Optional[float] = None

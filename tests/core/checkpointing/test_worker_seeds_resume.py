@@ -10,6 +10,7 @@ from helpers import BoringModule, quiet_trainer
 from torch.utils.data import DataLoader, Dataset
 
 from fulmen.callbacks import ModelCheckpoint
+from fulmen.dataloading import LoaderPosition, distribute
 
 
 class NoisyData(Dataset):
@@ -69,3 +70,28 @@ def test_resume_at_an_epoch_boundary_gives_workers_the_same_seeds(tmp_path, shuf
     assert not torch.equal(want[(1, 0)] - want[(1, 0)].floor(), want[(2, 0)] - want[(2, 0)].floor())
     for a, b in zip(straight.layer.parameters(), resumed.layer.parameters()):
         assert torch.equal(a, b)
+
+
+def _one_pass(position: LoaderPosition, loader: DataLoader) -> torch.Tensor:
+    position.begin_pass()
+    return torch.cat([x for x, _ in loader])
+
+
+def test_distributed_loader_without_set_epoch_still_varies_worker_seeds():
+    # A Fabric DDP loop that never calls set_epoch: the sampler's epoch stays 0, yet each pass
+    # must not repeat the previous pass's augmentations.
+    loader = distribute(_loader(shuffle=True), num_replicas=2, rank=0)
+    position = LoaderPosition(loader)
+    passes = [_one_pass(position, loader) for _ in range(3)]
+    noise = [p - p.floor() for p in passes]
+    assert not torch.equal(noise[0], noise[1]) and not torch.equal(noise[1], noise[2])
+
+
+def test_distributed_worker_seeds_follow_the_epoch():
+    def epoch_pass(epoch: int) -> torch.Tensor:
+        loader = distribute(_loader(shuffle=True), num_replicas=2, rank=1)
+        loader.sampler.set_epoch(epoch)
+        return _one_pass(LoaderPosition(loader), loader)
+
+    assert torch.equal(epoch_pass(3), epoch_pass(3))  # a fresh process at epoch 3: same draws
+    assert not torch.equal(epoch_pass(3), epoch_pass(4))

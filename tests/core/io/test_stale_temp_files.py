@@ -53,16 +53,21 @@ def test_a_killed_writers_file_goes_a_live_writers_stays(tmp_path):
 
 
 def test_another_hosts_file_goes_only_after_an_hour_untouched(tmp_path):
-    fresh = tmp_path / ".a.ckpt.node7.4242.abcd1234.tmp"
-    old = tmp_path / ".b.ckpt.node7.4242.efgh5678.tmp"
+    other_host = "0badc0de"
+    assert atomic._host() != other_host
+    fresh = tmp_path / f".a.ckpt.{other_host}.4242.abcd1234.tmp"
+    old = tmp_path / f".b.ckpt.{other_host}.4242.efgh5678.tmp"
     foreign = tmp_path / ".c.ckpt.tmp"  # not written by atomic_open: never touched
-    for path in (fresh, old, foreign):
+    unlike = tmp_path / ".d.ckpt.some-host.4242.abcd1234.tmp"  # host part not ours either
+    folder = tmp_path / f".e.ckpt.{other_host}.4242.abcd1234.tmp"  # a directory: never removed
+    for path in (fresh, old, foreign, unlike):
         path.write_bytes(b"partial")
+    folder.mkdir()
     hours_ago = time.time() - atomic.STALE_AFTER_S - 60
-    os.utime(old, (hours_ago, hours_ago))
-    os.utime(foreign, (hours_ago, hours_ago))
+    for path in (old, foreign, unlike, folder):
+        os.utime(path, (hours_ago, hours_ago))
     assert remove_stale_temp_files(tmp_path) == [old]
-    assert fresh.exists() and foreign.exists()
+    assert fresh.exists() and foreign.exists() and unlike.exists() and folder.is_dir()
 
 
 def test_fit_cleans_the_checkpoint_directory(tmp_path):

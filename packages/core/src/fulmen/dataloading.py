@@ -194,6 +194,7 @@ class LoaderPosition:
         self.consumed = 0
         self._skip = 0
         self._pending_state: Optional[Dict[str, Any]] = None
+        self._seeded_epoch: Optional[int] = None  # the epoch the worker seeds were last derived from
 
     @property
     def sampler(self) -> Any:
@@ -218,8 +219,11 @@ class LoaderPosition:
         epoch = getattr(sampler, "next_epoch", None)
         if epoch is None:
             epoch = getattr(sampler, "epoch", None)
-        if epoch is None:
+        if epoch is None or epoch == self._seeded_epoch:
+            # The same epoch again (a DistributedSampler nobody calls set_epoch on): let the
+            # generator move on, so each pass still gets new worker seeds.
             return
+        self._seeded_epoch = epoch
         key = (int(getattr(sampler, "seed", 0)), int(getattr(sampler, "rank", 0)), int(epoch))
         loader.generator.manual_seed(hash(key) & 0x7FFF_FFFF_FFFF_FFFF)  # ints hash the same in every process
 

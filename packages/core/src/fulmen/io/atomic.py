@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -59,12 +60,18 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
 
 
 def _host() -> str:
-    return socket.gethostname().replace(".", "_") or "host"
+    """Eight hex digits of the host name: short (a long FQDN would push long checkpoint
+    names past the file-name limit), and two hosts collide once in four billion pairs."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def _temp_prefix(name: str) -> str:
     """``.NAME.HOST.PID.``: enough for a later process to tell a dead writer's leftover."""
     return f".{name}.{_host()}.{os.getpid()}."
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -89,16 +96,19 @@ def remove_stale_temp_files(directory: PathLike) -> List[Path]:
     host, now = _host(), time.time()
     for candidate in folder.glob(".*.tmp"):
         parts = candidate.name[1:-len(".tmp")].rsplit(".", 3)  # NAME, HOST, PID, random
-        if len(parts) != 4 or not parts[2].isdigit():
+        if len(parts) != 4 or not parts[2].isdigit() or len(parts[1]) != 8 or not _is_hex(parts[1]):
             continue  # not one of ours
         try:
             stat = candidate.stat()
-        except FileNotFoundError:
-            continue
-        same_host_dead = parts[1] == host and not _pid_alive(int(parts[2]))
-        if same_host_dead or now - stat.st_mtime > STALE_AFTER_S:
-            with contextlib.suppress(FileNotFoundError):
+            if not candidate.is_file():
+                continue
+            same_host_dead = parts[1] == host and not _pid_alive(int(parts[2]))
+            if same_host_dead or now - stat.st_mtime > STALE_AFTER_S:
                 candidate.unlink()
                 removed.append(candidate)
                 log.info("removed %s (%d bytes), left by a save that did not finish", candidate, stat.st_size)
+        except FileNotFoundError:
+            continue  # gone meanwhile
+        except OSError as exc:  # not ours to remove (permissions): leave it, train on
+            log.warning("cannot remove %s: %s", candidate, exc)
     return removed

@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=60)
     parser.add_argument("--ckpt-path", default=None)
     parser.add_argument("--step-sleep", type=float, default=0.0)
+    parser.add_argument("--log-every", type=int, default=1)
     args = parser.parse_args()
 
     from fulmen.strategies.ddp import DDPStrategy
@@ -78,7 +79,7 @@ def main() -> None:
     trainer = fulmen.Trainer(
         accelerator="cpu", strategy=DDPStrategy(start_method=start_method, timeout=args.timeout),
         devices=args.devices, num_nodes=args.num_nodes, max_epochs=args.epochs,
-        accumulate_grad_batches=args.accumulate, default_root_dir=args.out, log_every_n_steps=1,
+        accumulate_grad_batches=args.accumulate, default_root_dir=args.out, log_every_n_steps=args.log_every,
         enable_progress_bar=False, enable_model_summary=False, deterministic=True,
         callbacks=[fulmen.callbacks.ModelCheckpoint(save_top_k=-1, save_last=True)],
     )

@@ -12,8 +12,9 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Tuple
 
 # EX_TEMPFAIL from sysexits.h: "temporary failure, the user is invited to retry".
 PREEMPTED_EXIT_CODE = 75
@@ -22,12 +23,38 @@ PREEMPTION_SIGNALS = tuple(
 )
 
 
+# Several processes agree on a signal with a collective (and a host-device sync). Doing it
+# every step would cost a sync per step; doing it at logging intervals could take longer
+# than the grace period a scheduler gives (50 steps of 2 s against Kubernetes' 30 s). The
+# ranks instead agree about once per AGREE_EVERY_S of wall time, on an interval in batches
+# they settle together at each agreement (so they all call the collective at the same batch).
+AGREE_EVERY_S = 1.0
+MAX_AGREEMENT_INTERVAL = 100_000
+
+
 class PreemptionHandler:
     def __init__(self) -> None:
         self.received: Optional[int] = None
         self._previous: Dict[int, object] = {}
+        self.reset_schedule()
+
+    def reset_schedule(self) -> None:
+        """Every rank starts a fit agreeing at its first batch boundary."""
+        self.next_agreement = 0
+        self.last_agreement: Optional[Tuple[float, int]] = None  # (monotonic time, total batches)
+
+    def proposed_interval(self, now: float, batches: int) -> int:
+        """How many batches take about AGREE_EVERY_S here, from the time since the last agreement."""
+        if self.last_agreement is None:
+            return 1
+        then, batches_then = self.last_agreement
+        if batches <= batches_then or now <= then:
+            return 1
+        per_batch = (now - then) / (batches - batches_then)
+        return max(1, min(MAX_AGREEMENT_INTERVAL, int(AGREE_EVERY_S / per_batch)))
 
     def install(self) -> None:
+        self.reset_schedule()
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         for sig in PREEMPTION_SIGNALS:
@@ -102,16 +129,23 @@ def check(trainer) -> None:
     """At a batch boundary: if a preemption signal arrived, save and leave the loop."""
     handler = trainer._preemption
     if trainer.world_size > 1:
-        # Every rank must stop at the same batch or the next collective hangs. Agreeing
-        # costs a collective (and a device sync), so it is done at logging intervals only.
-        if trainer._progress.total_batches % trainer.log_every_n_steps != 0:
+        # Every rank must stop at the same batch or the next collective hangs.
+        batches = trainer._progress.total_batches
+        if batches < handler.next_agreement:
             return
         import torch
 
-        flag = torch.tensor(float(handler.received or 0), device=trainer.strategy.root_device)
-        agreed = int(trainer.strategy.all_reduce(flag, "max").item())
-        if agreed and handler.received is None:
-            handler.received = agreed
+        now = time.monotonic()
+        # One collective settles both: the signal (max over ranks) and the next interval
+        # (the smallest proposal, i.e. the slowest rank's; negated so that max finds it).
+        proposal = handler.proposed_interval(now, batches)
+        both = torch.tensor([float(handler.received or 0), -float(proposal)], device=trainer.strategy.root_device)
+        agreed = trainer.strategy.all_reduce(both, "max").tolist()
+        signum, interval = int(agreed[0]), max(1, int(-agreed[1]))
+        handler.next_agreement = batches + interval
+        handler.last_agreement = (time.monotonic(), batches)
+        if signum and handler.received is None:
+            handler.received = signum
     if not handler.requested:
         return
     path = checkpoint_path(trainer)

@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Callable, ContextManager, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, ContextManager, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from fulmen.errors import FulmenConfigError, FulmenWarning
-from fulmen.io.checkpoint_io import CheckpointIO
 from fulmen.strategies.ddp import DDPStrategy
 from fulmen_fsdp import checkpoint as sharded
+from fulmen_fsdp.async_io import FinishingCheckpointIO
+from fulmen_fsdp.gradients import total_gradient_norm, without_gradient_sync
 from fulmen_fsdp.wrapping import (
     Policy,
     apply_activation_checkpointing,
@@ -40,7 +41,7 @@ from fulmen_fsdp.wrapping import (
 
 try:  # FSDP2's public home since torch 2.6
     from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
-    from torch.distributed.tensor import DTensor, Replicate
+    from torch.distributed.tensor import DTensor
 except ImportError as _exc:  # pragma: no cover - depends on the installed torch
     raise ImportError(
         f"fulmen-strategy-fsdp needs torch>=2.6 (FSDP2's torch.distributed.fsdp.fully_shard); found torch "
@@ -66,40 +67,6 @@ def mixed_precision_policy(precision: Any) -> MixedPrecisionPolicy:
     if name == "16-mixed":
         return MixedPrecisionPolicy(param_dtype=torch.float16, reduce_dtype=torch.float32)
     return MixedPrecisionPolicy()
-
-
-class _FinishingCheckpointIO(CheckpointIO):
-    """The strategy's checkpoint IO during asynchronous sharded saves: ``teardown`` (which
-    the Trainer calls to make checkpoints durable, for example before a preemption exit)
-    and ``load_checkpoint`` first finish the save in flight. Everything else is the wrapped
-    IO's."""
-
-    def __init__(self, checkpoint_io: CheckpointIO, finish: Callable[[], None]) -> None:
-        self.checkpoint_io = checkpoint_io
-        self._finish = finish
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        self.checkpoint_io.save_checkpoint(checkpoint, path, storage_options=storage_options)
-
-    def load_checkpoint(self, path, map_location=None):
-        self._finish()
-        return self.checkpoint_io.load_checkpoint(path, map_location=map_location)
-
-    def remove_checkpoint(self, path) -> None:
-        self._finish()
-        self.checkpoint_io.remove_checkpoint(path)
-
-    def teardown(self) -> None:
-        try:
-            self._finish()
-        finally:
-            self.checkpoint_io.teardown()
-
-    def __getattr__(self, name: str) -> Any:
-        inner = self.__dict__.get("checkpoint_io")
-        if inner is None:
-            raise AttributeError(name)
-        return getattr(inner, name)
 
 
 class FSDPStrategy(DDPStrategy):
@@ -308,11 +275,11 @@ class FSDPStrategy(DDPStrategy):
         from fulmen.io.async_checkpoint_io import AsyncCheckpointIO
 
         io = self.checkpoint_io
-        if isinstance(io, _FinishingCheckpointIO):
+        if isinstance(io, FinishingCheckpointIO):
             return
         if not self.sharded_state_dict and not isinstance(io, AsyncCheckpointIO):
             io = AsyncCheckpointIO(io)  # full files: written by rank 0's background thread
-        self.checkpoint_io = _FinishingCheckpointIO(io, self._finish_pending_save)
+        self.checkpoint_io = FinishingCheckpointIO(io, self._finish_pending_save)
 
     # ------------------------------------------------------------------ model
     def module_init_context(self, empty_init: Optional[bool] = None) -> ContextManager:
@@ -431,7 +398,7 @@ class FSDPStrategy(DDPStrategy):
         units = [m for m in module.modules() if isinstance(m, FSDPModule)]
         if not units:
             return contextlib.nullcontext()
-        return _without_gradient_sync(units)
+        return without_gradient_sync(units)
 
     def clip_gradients_norm(
         self,
@@ -658,42 +625,6 @@ def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     from fulmen.fabric.wrappers import FabricOptimizer
 
     return optimizer.optimizer if isinstance(optimizer, FabricOptimizer) else optimizer
-
-
-@contextlib.contextmanager
-def _without_gradient_sync(units: List[nn.Module]):
-    for unit in units:
-        unit.set_requires_gradient_sync(False, recurse=False)
-    try:
-        yield
-    finally:
-        for unit in units:
-            unit.set_requires_gradient_sync(True, recurse=False)
-
-
-def total_gradient_norm(grads: List[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
-    """The norm of all ``grads`` together, the same on every rank.
-
-    Sharded (DTensor) gradients are grouped by device mesh: torch computes each group's
-    norm from the local shards and one all-reduce; the partial norms of the groups and of
-    any plain (replicated) gradients are then combined like the elements of one vector."""
-    norm_type = float(norm_type)
-    if not grads:
-        return torch.tensor(0.0)
-    groups: Dict[Any, List[torch.Tensor]] = {}
-    for grad in grads:
-        key = grad.device_mesh if isinstance(grad, DTensor) else None
-        groups.setdefault(key, []).append(grad)
-    norms = []
-    for members in groups.values():
-        norm = torch.nn.utils.get_total_norm(members, norm_type)
-        if isinstance(norm, DTensor):
-            norm = norm.full_tensor()
-        norms.append(norm)
-    if len(norms) == 1:
-        return norms[0]
-    device = norms[0].device
-    return torch.linalg.vector_norm(torch.stack([n.float().to(device) for n in norms]), norm_type)
 
 
 def _product(values: Iterable[int]) -> int:

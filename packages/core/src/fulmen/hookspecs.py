@@ -19,7 +19,7 @@ Where each lifecycle hook fires, drawn as the fit loop::
             loss = training_step(batch)
             on_before_backward → backward → on_after_backward
             if stepping (end of an accumulation window):
-                on_before_optimizer_step → clip → optimizer.step
+                unscale gradients (16-mixed) → on_before_optimizer_step → clip → optimizer.step
                 on_before_zero_grad → zero_grad
             on_train_batch_end
             if validation is due:
@@ -37,9 +37,13 @@ Where each lifecycle hook fires, drawn as the fit loop::
 ``on_save_checkpoint``/``on_load_checkpoint`` fire whenever a checkpoint is written or
 restored; ``on_exception`` fires when anything above raises.
 
-Ordering: for one hook, callbacks run before the ``Module``, in the order the user listed
-them, and plugin modules run before both. The module comes last because it usually reads
-what callbacks prepared (for example metrics) and Lightning users rely on that order.
+Ordering: for one hook, callbacks run first, in the order the user listed them, then the
+``DataModule``, then the ``Module``, and plugin modules (entry points and objects given in
+``plugins=``) run last. The module comes after the callbacks because it usually reads what
+they prepared (for example metrics) and Lightning users rely on that order; plugin modules
+are registered when the Trainer is built, before the objects of one run, and pluggy calls
+the most recently registered implementation first. A plugin that must run earlier marks
+its implementation ``@hookimpl(tryfirst=True)``.
 
 Return values: lifecycle hooks return nothing; registration hooks return nothing and call
 ``register`` instead, so that each name can be attributed to the plugin that gave it.
@@ -287,7 +291,9 @@ def on_after_backward(trainer, module):
 
 @hookspec
 def on_before_optimizer_step(trainer, module, optimizer):
-    """Gradients are final (unscaled under ``16-mixed``), clipping has not run yet."""
+    """Gradients are final and at their true scale (under ``16-mixed`` the loss scale was
+    divided out just before this hook), clipping has not run yet: the place to log
+    gradient norms."""
 
 
 @hookspec

@@ -194,6 +194,11 @@ class FSDPStrategy(DDPStrategy):
 
     # ------------------------------------------------------------------ environment
     def setup_environment(self) -> None:
+        if self._environment_ready:
+            # A later stage of the same Trainer: the process group and mesh were kept
+            # (see _release_process_group); only the device is made current again.
+            self.accelerator.setup_device(self.root_device)
+            return
         # What cannot work raises here, before any process is started.
         self._check_precision()
         self._offload_policy()
@@ -611,6 +616,17 @@ class FSDPStrategy(DDPStrategy):
             self._finish_pending_save()
         finally:
             super().teardown()
+
+    def _release_process_group(self, failed: bool) -> None:
+        """Kept between stages: the sharded parameters are DTensors on this group's mesh,
+        and a later validate/test of the same Trainer computes with them. The group is
+        closed at exit."""
+
+    def enable_sync_batchnorm(self) -> None:
+        raise FulmenConfigError(
+            "sync_batchnorm=True is not supported by the fsdp strategy (FSDP2 shards do not "
+            "synchronise BatchNorm statistics); use strategy='ddp', or set sync_batchnorm=False"
+        )
 
     def __repr__(self) -> str:
         return (

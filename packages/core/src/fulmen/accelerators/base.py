@@ -56,6 +56,24 @@ class Accelerator:
         """``None`` if ``precision`` runs here, otherwise why not and what to choose."""
         return None
 
+    # ------------------------------------------------------------------ capabilities
+    # The core asks the accelerator instead of testing ``device.type`` against names it
+    # knows, so a device type added by a plugin (XLA, a TPU backend) answers for itself.
+
+    #: Whether host-to-device batch copies may be issued with ``non_blocking=True``: true
+    #: where the copy runs on a stream that later kernels wait on (CUDA, XLA), so it can
+    #: overlap the previous step; false where it would return before the data is there.
+    non_blocking_copies: bool = False
+
+    def get_rng_state(self) -> Optional[Any]:
+        """The random state of this accelerator's generators as checkpoint data (tensors,
+        lists, numbers), or ``None`` when it draws from the host generators only. The host
+        generators (Python, NumPy, torch's CPU generator) are captured by fulmen itself."""
+        return None
+
+    def set_rng_state(self, state: Any) -> None:
+        """Put back what :meth:`get_rng_state` returned on an earlier run."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

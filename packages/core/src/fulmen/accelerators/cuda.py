@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -21,6 +21,19 @@ class CUDAAccelerator(Accelerator):
     @classmethod
     def device_count(cls) -> int:
         return torch.cuda.device_count()
+
+    non_blocking_copies = True  # copies go on the current stream; kernels after them wait
+
+    def get_rng_state(self) -> Optional[Any]:
+        # Initialising CUDA only to read its generators would cost seconds and memory on
+        # every device; a process that never touched CUDA has nothing to keep.
+        if not torch.cuda.is_initialized():
+            return None
+        return torch.cuda.get_rng_state_all()
+
+    def set_rng_state(self, state: Any) -> None:
+        if state is not None and len(state) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state)
 
     def setup_device(self, device: torch.device) -> None:
         torch.cuda.set_device(device)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -22,6 +22,13 @@ class MPSAccelerator(Accelerator):
     @classmethod
     def device_count(cls) -> int:
         return 1 if cls.is_available() else 0
+
+    def get_rng_state(self) -> Optional[Any]:
+        return torch.mps.get_rng_state()
+
+    def set_rng_state(self, state: Any) -> None:
+        if state is not None:
+            torch.mps.set_rng_state(state)
 
     def unsupported_precision_reason(self, precision) -> Optional[str]:
         if precision.name in ("64-true",):

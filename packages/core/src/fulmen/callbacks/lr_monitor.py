@@ -57,8 +57,8 @@ class LearningRateMonitor(Callback):
 
     def on_train_batch_start(self, trainer) -> None:
         if self._wanted(trainer, "step") and trainer.global_step % trainer.log_every_n_steps == 0:
-            trainer._log_to_loggers(self._collect(trainer, "step"))
+            trainer.log_metrics(self._collect(trainer, "step"))
 
     def on_train_epoch_start(self, trainer) -> None:
         if self._wanted(trainer, "epoch"):
-            trainer._log_to_loggers(self._collect(trainer, "epoch"))
+            trainer.log_metrics(self._collect(trainer, "epoch"))

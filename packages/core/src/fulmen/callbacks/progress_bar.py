@@ -45,7 +45,7 @@ class ProgressBar(Callback):
             self._train_bar.close()
         self._train_bar = self._tqdm(
             total=self._total(trainer.num_training_batches), desc=f"Epoch {trainer.current_epoch}",
-            leave=True, unit="it", initial=trainer._progress.batch_idx,
+            leave=True, unit="it", initial=trainer.fit_progress.batch_idx,
         )
         self._since_update = 0
 
@@ -62,7 +62,7 @@ class ProgressBar(Callback):
         if pending >= self.refresh_rate and (bar.disable or bar.n + pending - bar.last_print_n >= bar.miniters):
             bar.update(pending)
             self._since_update = 0
-        if trainer._progress.total_batches % trainer.log_every_n_steps == 0 and trainer.progress_bar_metrics:
+        if trainer.fit_progress.total_batches % trainer.log_every_n_steps == 0 and trainer.progress_bar_metrics:
             bar.set_postfix(_fmt(trainer.progress_bar_metrics), refresh=False)
 
     def on_train_epoch_end(self, trainer) -> None:
@@ -121,7 +121,7 @@ class ProgressBar(Callback):
         self._end_eval(trainer)
 
     def on_test_start(self, trainer) -> None:
-        self._start_eval(trainer, "Testing", trainer._eval_batch_counts)
+        self._start_eval(trainer, "Testing", trainer.num_test_batches)
 
     def on_test_batch_end(self) -> None:
         self._advance_eval()
@@ -130,7 +130,7 @@ class ProgressBar(Callback):
         self._end_eval(trainer)
 
     def on_predict_start(self, trainer) -> None:
-        self._start_eval(trainer, "Predicting", trainer._eval_batch_counts)
+        self._start_eval(trainer, "Predicting", trainer.num_predict_batches)
 
     def on_predict_batch_end(self) -> None:
         self._advance_eval()

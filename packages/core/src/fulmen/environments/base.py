@@ -6,6 +6,8 @@ the lowest priority and always matches, so a plain ``python train.py`` needs no 
 
 from __future__ import annotations
 
+from typing import Optional
+
 
 class ClusterEnvironment:
     name: str = ""
@@ -40,6 +42,22 @@ class ClusterEnvironment:
 
     def node_rank(self) -> int:
         return 0
+
+    @classmethod
+    def scheduled_job(cls) -> bool:
+        """True when this process belongs to a job of this environment's scheduler, even if
+        it was not started as one of its ranks (a SLURM batch script running ``python
+        train.py`` directly): preemption then asks this class to requeue the job."""
+        return False
+
+    def requeue(self) -> Optional[str]:
+        """Ask the scheduler to run this job again after a preemption save.
+
+        Returns a sentence saying what happened (printed with the exit message), or ``None``
+        where the environment has no queue to go back to; the default. Called on rank 0
+        only, after the checkpoint is durable, right before the process exits with code 75.
+        """
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List
+import subprocess
+from typing import List, Optional
 
 from fulmen.environments.base import ClusterEnvironment
 from fulmen.errors import FulmenConfigError
@@ -80,3 +81,23 @@ class SLURMEnvironment(ClusterEnvironment):
     @staticmethod
     def job_id() -> str:
         return os.environ.get("SLURM_JOB_ID", "")
+
+    @classmethod
+    def scheduled_job(cls) -> bool:
+        return bool(os.environ.get("SLURM_JOB_ID")) and os.environ.get("SLURM_JOB_NAME") not in _INTERACTIVE_NAMES
+
+    def requeue(self) -> Optional[str]:
+        """``scontrol requeue`` for this batch job (array tasks by their own id); an
+        interactive allocation is not requeued, since nothing would run it again."""
+        job_id = os.environ.get("SLURM_ARRAY_JOB_ID") and (
+            f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+        ) or os.environ.get("SLURM_JOB_ID")
+        if not job_id or os.environ.get("SLURM_JOB_NAME") in _INTERACTIVE_NAMES:
+            return None
+        try:
+            result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"scontrol requeue {job_id} failed: {exc}"
+        if result.returncode != 0:
+            return f"scontrol requeue {job_id} failed: {result.stderr.strip()}"
+        return f"requeued SLURM job {job_id}"

@@ -15,11 +15,14 @@ from torch import nn
 
 from fulmen.errors import FulmenConfigError
 from fulmen.fabric.connector import STRATEGY_PARTS, resolve_strategy
+from fulmen.fabric.deferred_metrics import DEFAULT_FLUSH_EVERY
+from fulmen.fabric.respawn import RebuildsInWorkers, launch_rebuilt
 from fulmen.fabric.wrappers import DeviceDataLoader, FabricModule, FabricOptimizer
 from fulmen.plugins import config as plugin_config
 from fulmen.plugins import manager as plugin_manager
 from fulmen.strategies.base import Strategy
 from fulmen.strategies.capabilities import SupportsNoBackwardSync
+from fulmen.strategies.launcher import runs_in_workers
 from fulmen.utilities.apply import move_data_to_device
 from fulmen.utilities import rng
 from fulmen.utilities.seed import seed_everything as _seed_everything
@@ -33,7 +36,7 @@ def _fulmen_version() -> str:
     return __version__
 
 
-class Fabric:
+class Fabric(RebuildsInWorkers):
     def __init__(
         self,
         accelerator: Any = "auto",
@@ -70,14 +73,13 @@ class Fabric:
             if not self._plugin_set.manager.is_registered(plugin):
                 self._plugin_set.manager.register(plugin)
         self._callbacks = _as_list(callbacks)
+        self._callback_relay = None  # built at the first call()
+        self._deferred = None  # values logged but not read yet; built at the first log()
+        #: Rows of device tensors kept before ``log``/``log_dict`` read them to the host.
+        self.log_flush_every = DEFAULT_FLUSH_EVERY
         self._loggers = _resolve_loggers(loggers, self._registry)
         self._launched = False
-        # What a spawned worker needs to build the same Fabric on its side.
-        self._init_kwargs = dict(
-            accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes, precision=precision,
-            plugins=plugins, callbacks=callbacks, loggers=loggers, allow_plugins=allow_plugins, deny_plugins=deny_plugins,
-        )
-        if not getattr(self._strategy, "defers_setup", False):
+        if not runs_in_workers(self._strategy.launcher):  # workers set themselves up
             self._strategy.setup_environment()
 
     # ------------------------------------------------------------------ properties
@@ -127,18 +129,22 @@ class Fabric:
 
     @property
     def loggers(self) -> List[Any]:
+        """The loggers given to Fabric. Reaching them hands over every value logged so far
+        first, so ``fabric.logger.finalize(...)`` or reading a file back sees all rows."""
+        self.flush_logs()
         return self._loggers
 
     @property
     def logger(self) -> Any:
+        """The first logger (see :attr:`loggers`), or ``None``."""
+        self.flush_logs()
         return self._loggers[0] if self._loggers else None
 
     # ------------------------------------------------------------------ launching
     def launch(self, function: Optional[Callable[..., Any]] = None, *args: Any, **kwargs: Any) -> Any:
         """Start the other processes (if the strategy needs them) and run ``function(self)``."""
         self._launched = True
-        launcher = self._strategy.launcher
-        spawns = launcher is not None and not getattr(launcher, "starts_in_place", False)
+        spawns = runs_in_workers(self._strategy.launcher)
         if function is None:
             if spawns:
                 raise FulmenConfigError(
@@ -147,7 +153,7 @@ class Fabric:
                 )
             return None
         if spawns:
-            return launcher.launch(_run_in_worker, self._init_kwargs, function, args, kwargs)
+            return launch_rebuilt(self, _run_function, function, args, kwargs)
         return function(self, *args, **kwargs)
 
     # ------------------------------------------------------------------ setup
@@ -156,11 +162,29 @@ class Fabric:
         return self._strategy.module_init_context(empty_init)
 
     def setup(self, module: nn.Module, *optimizers: torch.optim.Optimizer, move_to_device: bool = True):
-        fabric_module = self.setup_module(module, move_to_device=move_to_device)
-        fabric_optimizers = [self.setup_optimizer(opt) for opt in optimizers]
+        """Prepare a model and its optimizers for this strategy and precision, in one call
+        (an engine may wrap both as one object). Returns the wrapped model, or the model and
+        the optimizers as a tuple; use what it returns in place of the originals."""
+        if not optimizers or not move_to_device:
+            fabric_module = self.setup_module(module, move_to_device=move_to_device)
+            fabric_optimizers = [self.setup_optimizer(opt) for opt in optimizers]
+        else:
+            fabric_module, fabric_optimizers, _ = self.setup_module_and_optimizers(
+                module, lambda: (list(optimizers), [])
+            )
         if not fabric_optimizers:
             return fabric_module
         return (fabric_module, *fabric_optimizers)
+
+    def setup_module_and_optimizers(self, module: nn.Module, configure_optimizers: Callable[[], Any]):
+        """``Strategy.setup_module_and_optimizers`` with fulmen's wrappers around the result:
+        ``configure_optimizers()`` returns ``(optimizers, schedulers)`` and is called when
+        the strategy needs them. Returns ``(FabricModule, [FabricOptimizer], schedulers)``."""
+        if isinstance(module, FabricModule):
+            raise FulmenConfigError("this module was already set up; call setup() once per module")
+        forward_module, optimizers, schedulers = self._strategy.setup_module_and_optimizers(module, configure_optimizers)
+        fabric_module = FabricModule(forward_module, self._strategy, original_module=module)
+        return fabric_module, [FabricOptimizer(opt, self._strategy) for opt in optimizers], schedulers
 
     def setup_module(self, module: nn.Module, move_to_device: bool = True) -> FabricModule:
         if isinstance(module, FabricModule):
@@ -193,7 +217,7 @@ class Fabric:
     def to_device(self, obj: Any) -> Any:
         if isinstance(obj, nn.Module):
             return obj.to(self.device)
-        return move_data_to_device(obj, self.device)
+        return move_data_to_device(obj, self.device, self.accelerator.non_blocking_copies)
 
     # ------------------------------------------------------------------ training verbs
     def backward(self, tensor: torch.Tensor, *args: Any, model: Optional[nn.Module] = None, **kwargs: Any) -> None:
@@ -253,8 +277,10 @@ class Fabric:
         checkpoint = collect_state(state, self._strategy)
         if FABRIC_META_KEY in checkpoint:
             raise FulmenConfigError(f"{FABRIC_META_KEY!r} is reserved by fulmen; rename that entry of the state")
-        # Random streams travel with the state so that a resumed loop draws the same numbers.
-        checkpoint[FABRIC_META_KEY] = {"rng": rng.capture(), "fulmen_version": _fulmen_version()}
+        # Random streams travel with the state so that a resumed loop draws the same numbers;
+        # every rank's, since each draws its own (dropout masks differ per rank).
+        checkpoint[FABRIC_META_KEY] = {"rng": rng.capture_per_rank(self._strategy), "fulmen_version": _fulmen_version()}
+        self.flush_logs()  # what was logged before this checkpoint is with the loggers
         self._strategy.save_checkpoint(checkpoint, path)
         self.barrier("fabric.save")
 
@@ -268,34 +294,50 @@ class Fabric:
             return checkpoint
         remainder = restore_state(checkpoint, state, self._strategy, strict=strict)
         if meta is not None and "rng" in meta:
-            rng.restore(meta["rng"])
+            own = rng.for_rank(meta["rng"], self.global_rank)
+            if own is not None:
+                rng.restore(own, self.accelerator)
         return remainder
 
     # ------------------------------------------------------------------ logging, callbacks
     def log(self, name: str, value: Any, step: Optional[int] = None) -> None:
+        """Send one scalar to every logger; see :meth:`log_dict`."""
         self.log_dict({name: value}, step=step)
 
     def log_dict(self, metrics: Dict[str, Any], step: Optional[int] = None) -> None:
+        """Send scalars to every logger (rank zero only). Tensors are read to the host in
+        batches (every ``log_flush_every`` rows, at ``save``, when ``fabric.logger`` is
+        reached, at exit), not with a host-device sync per call."""
         if not self._loggers or not self.is_global_zero:
             return
-        plain = {k: (v.item() if isinstance(v, torch.Tensor) else float(v)) for k, v in metrics.items()}
-        for logger in self._loggers:
-            logger.log_metrics(plain, step=step)
+        if self._deferred is None:
+            from fulmen.fabric.deferred_metrics import DeferredMetrics
+
+            self._deferred = DeferredMetrics(self._loggers, self.log_flush_every)
+        self._deferred.add(metrics, step)
+
+    def flush_logs(self) -> None:
+        """Hand every value logged so far to the loggers now (before reading them back)."""
+        if self._deferred is not None:
+            self._deferred.flush()
 
     def call(self, hook_name: str, *args: Any, **kwargs: Any) -> None:
-        """Call ``hook_name`` on every callback given to Fabric that defines it."""
-        for callback in self._callbacks:
-            method = getattr(callback, hook_name, None)
-            if callable(method):
-                method(*args, **kwargs)
+        """Call ``hook_name`` on every callback given to Fabric that defines it, in the
+        order of ``callbacks=``. Each callback receives the keyword arguments its method
+        names, any subset of those passed (pluggy's rule, as for the Trainer's hooks)."""
+        if self._callback_relay is None:
+            from fulmen.fabric.callback_relay import CallbackRelay
+
+            self._callback_relay = CallbackRelay(self._callbacks)
+        self._callback_relay.call(hook_name, args, kwargs)
 
     def seed_everything(self, seed: Optional[int] = None, workers: bool = False) -> int:
         return _seed_everything(seed, workers=workers)
 
 
-def _run_in_worker(init_kwargs: Dict[str, Any], function: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-    """In a spawned/forked rank: the same Fabric, rebuilt here, runs the user's function."""
-    return function(Fabric(**init_kwargs), *args, **kwargs)
+def _run_function(fabric: "Fabric", function: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    """In a spawned/forked rank: the user's function, given this rank's own Fabric."""
+    return function(fabric, *args, **kwargs)
 
 
 def requested_plugins(names: Sequence[Any], allow: Any, deny: Any) -> List[Any]:

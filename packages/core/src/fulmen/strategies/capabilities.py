@@ -1,7 +1,8 @@
 """Optional strategy abilities, expressed as protocols rather than flags or name checks.
 
 Code that wants an ability asks ``isinstance(strategy, SupportsNoBackwardSync)``; a third
-party strategy gains it by defining the method, with no registration anywhere.
+party strategy gains it by defining the method, with no registration anywhere. A strategy
+that lacks one gets a clear error naming what it lacks, never a silently ignored option.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ class SupportsNoBackwardSync(Protocol):
 
 
 @runtime_checkable
-class ShardsModule(Protocol):
-    """Holds only a shard of each parameter per process; checkpoints need its help."""
+class SupportsSyncBatchNorm(Protocol):
+    """Can synchronise batch-norm statistics across processes (``sync_batchnorm=True``).
 
-    def module_init_context(self, empty_init: bool) -> ContextManager: ...
+    ``enable_sync_batchnorm`` is called before ``setup_module``; it raises a
+    ``FulmenConfigError`` if the strategy cannot do it on this hardware.
+    """
+
+    def enable_sync_batchnorm(self) -> None: ...

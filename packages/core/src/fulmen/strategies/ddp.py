@@ -70,6 +70,7 @@ class DDPStrategy(Strategy):
         )
         self._launcher = None
         self._environment_ready = False
+        self._processes_started = False
 
     # ------------------------------------------------------------------ process layout
     @property
@@ -127,24 +128,20 @@ class DDPStrategy(Strategy):
         state["_launcher"] = None
         return state
 
-    @property
-    def defers_setup(self) -> bool:
-        """spawn/fork: the parent only launches; processes set themselves up."""
-        launcher = self.launcher
-        return launcher is not None and not getattr(launcher, "starts_in_place", False)
-
     # ------------------------------------------------------------------ setup
     def setup_environment(self) -> None:
         self.fill_defaults()
         env = self.cluster_environment
         if isinstance(env, LocalEnvironment):
             env.num_processes, env.num_nodes = self.num_processes, self.num_nodes
-        launcher = self.launcher
-        if launcher is not None and getattr(launcher, "starts_in_place", False):
-            launcher.start_other_processes()  # ddp: re-run the command for local ranks 1..n-1
-        self._check_layout()
-        if os.environ.get(guards.ENV_PARENT_PID) and self.local_rank != 0:
-            guards.install_child_guards(self.global_rank)
+        if not self._processes_started:  # once per job; later stages only rejoin the group
+            launcher = self.launcher
+            if launcher is not None and launcher.starts_in_place:
+                launcher.start_other_processes()  # ddp: re-run the command for local ranks 1..n-1
+            self._check_layout()
+            if os.environ.get(guards.ENV_PARENT_PID) and self.local_rank != 0:
+                guards.install_child_guards(self.global_rank)
+            self._processes_started = True
         self.accelerator.setup_device(self.root_device)
         self.precision.setup(self.root_device)
         self._init_process_group()
@@ -177,6 +174,15 @@ class DDPStrategy(Strategy):
         # Leaving with the group alive lets gloo's threads abort the process (SIGABRT) when
         # a peer disconnects first; close it in an orderly way at exit.
         atexit.register(_destroy_process_group)
+
+    @property
+    def supports_inference_mode(self) -> bool:
+        """gloo's collectives refuse inference tensors (metric syncing in evaluation)."""
+        return self._backend() != "gloo"
+
+    def enable_sync_batchnorm(self) -> None:
+        """``Trainer(sync_batchnorm=True)``: BatchNorm layers become SyncBatchNorm at setup."""
+        self.sync_batchnorm = True
 
     def setup_module(self, module: nn.Module) -> nn.Module:
         module = self.precision.convert_module(module)
@@ -252,9 +258,17 @@ class DDPStrategy(Strategy):
         return module.state_dict()
 
     def teardown(self) -> None:
+        """After a stage: the devices, the launcher's bookkeeping and the process group
+        go; the next stage's ``setup_environment`` joins a new group. Leaving together
+        (a barrier) unless an error is on its way out, when a peer may already be gone."""
         super().teardown()
         if self._launcher is not None:
             self._launcher.teardown()
+        self._release_process_group(failed=sys.exc_info()[1] is not None)
+
+    def _release_process_group(self, failed: bool) -> None:
+        _destroy_process_group(failed=failed)
+        self._environment_ready = False
 
 
 def _destroy_process_group(failed: Optional[bool] = None) -> None:

@@ -107,8 +107,7 @@ def dump_checkpoint(trainer, weights_only: bool = False) -> Dict[str, Any]:
         if trainer._train_loader is not None:
             checkpoint["train_dataloader"] = trainer._train_loader.state_dict()
         # Each rank draws its own random numbers (dropout masks differ): keep all of them.
-        states = trainer.strategy.all_gather_object(rng.capture()) if trainer.world_size > 1 else [rng.capture()]
-        checkpoint["rng"] = {"per_rank": states}
+        checkpoint["rng"] = rng.capture_per_rank(trainer.strategy)
         for logger in trainer.loggers:
             logger.save()  # metrics up to this checkpoint are on disk before it exists
         checkpoint["loggers"] = [{**logger.state_dict(), "step": trainer.global_step} for logger in trainer.loggers]
@@ -182,24 +181,7 @@ def restore(trainer, checkpoint: Dict[str, Any], path: Any, fitting: bool) -> No
         trainer._metrics.load_state_dict(checkpoint["metrics"])
     # Random streams come back right before the next training batch is drawn (see fit_loop),
     # after the sanity check and iterator creation that would otherwise consume them.
-    trainer._pending_rng = _rng_for_rank(checkpoint.get("rng"), trainer.global_rank)
-
-
-def _rng_for_rank(saved: Optional[Dict[str, Any]], rank: int) -> Optional[Dict[str, Any]]:
-    if not saved:
-        return None
-    states = saved.get("per_rank")
-    if states is None:
-        return saved
-    if rank < len(states):
-        return states[rank]
-    warnings.warn(
-        f"the checkpoint holds random states for {len(states)} ranks and this is rank {rank}; "
-        "this rank starts from rank 0's states, so the resumed run is not bitwise identical",
-        FulmenWarning,
-        stacklevel=3,
-    )
-    return states[0]
+    trainer._pending_rng = rng.for_rank(checkpoint.get("rng"), trainer.global_rank)
 
 
 def _newest_first(paths) -> List[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 from typing import Any, Dict, List
 
-import torch
 
 from fulmen.utilities.apply import first_batch_size
 
@@ -16,13 +15,6 @@ STAGES = {
     "test": ("test_step", "test"),
     "predict": ("predict_step", "predict"),
 }
-
-
-def _gloo_distributed() -> bool:
-    """gloo collectives on inference tensors fail; evaluation then uses no_grad instead."""
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo"
 
 
 def takes_dataloader_idx(method: Any) -> bool:
@@ -47,10 +39,11 @@ def run_evaluation(trainer, stage: str, loaders: List[Any], limits: List[float])
     metrics.reset_stage(stage)
     metrics.multiple_dataloaders = len(loaders) > 1
     predictions: List[List[Any]] = []
-    grad_context = torch.inference_mode if trainer.inference_mode and not _gloo_distributed() else torch.no_grad
     trainer._evaluating = True
     try:
-        with grad_context():
+        # The strategy decides between inference_mode and no_grad (some backends' collectives
+        # or graphs refuse inference tensors).
+        with trainer.strategy.evaluation_context(trainer.inference_mode):
             trainer._call(f"on_{prefix}_start")
             trainer._call(f"on_{prefix}_epoch_start")
             for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):

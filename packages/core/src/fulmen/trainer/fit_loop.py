@@ -118,9 +118,13 @@ def automatic_step(trainer, batch: Any, batch_idx: int, stepping: bool):
     """One micro-batch; returns (training_step's output, whether the optimizer stepped)."""
     holder: dict = {}
     optimizer = trainer.optimizers[0]
+    strategy = trainer.strategy
     if not stepping:
         with trainer.fabric.no_backward_sync(trainer._forward_module, enabled=True):
             _forward_backward(trainer, batch, batch_idx, holder)
+        # Not a boundary: the default strategy does nothing; an engine that counts
+        # micro-batches itself (DeepSpeed-like) is told one went by.
+        strategy.optimizer_step(optimizer.optimizer, None, boundary=False)
         return holder.get("output"), False
     loss = _forward_backward(trainer, batch, batch_idx, holder)
     if loss is None and trainer.accumulate_grad_batches == 1:
@@ -128,6 +132,9 @@ def automatic_step(trainer, batch: Any, batch_idx: int, stepping: bool):
     raw_optimizer = optimizer.optimizer
     implemented = trainer._relay.implemented  # checked here: most hooks have no implementation
     if "on_before_optimizer_step" in implemented:
+        # Under 16-mixed the gradients are still multiplied by the loss scale; whoever looks
+        # at them here (gradient norms, a logging callback) expects their true values.
+        strategy.unscale_gradients(raw_optimizer)
         trainer._call("on_before_optimizer_step", optimizer=raw_optimizer)
     if trainer.gradient_clip_val:
         trainer._clip_gradients(raw_optimizer)
@@ -148,7 +155,7 @@ def automatic_step(trainer, batch: Any, batch_idx: int, stepping: bool):
         optimizer.step(closure)
     if "on_before_zero_grad" in implemented:
         trainer._call("on_before_zero_grad", optimizer=raw_optimizer)
-    raw_optimizer.zero_grad(set_to_none=True)
+    strategy.zero_grad(raw_optimizer)
     return holder.get("output"), True
 
 

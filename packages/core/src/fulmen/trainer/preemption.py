@@ -8,9 +8,7 @@ signal; the Trainer acts at the next batch boundary, where the state is consiste
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -79,22 +77,6 @@ class PreemptionHandler:
         return signal.Signals(self.received).name if self.received is not None else ""
 
 
-def requeue_slurm_job() -> Optional[str]:
-    """Ask SLURM to requeue this batch job; returns what happened, or None if not SLURM."""
-    job_id = os.environ.get("SLURM_ARRAY_JOB_ID") and (
-        f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
-    ) or os.environ.get("SLURM_JOB_ID")
-    if not job_id or os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
-        return None
-    try:
-        result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"scontrol requeue {job_id} failed: {exc}"
-    if result.returncode != 0:
-        return f"scontrol requeue {job_id} failed: {result.stderr.strip()}"
-    return f"requeued SLURM job {job_id}"
-
-
 class Preempted(Exception):
     """Raised inside the loop after the preemption checkpoint is on disk."""
 
@@ -155,9 +137,28 @@ def check(trainer) -> None:
 
 
 def exit_after_preemption(trainer, exc: Preempted) -> None:
-    note = requeue_slurm_job() if trainer.is_global_zero else None
+    note = requeue(trainer) if trainer.is_global_zero else None
     trainer.print(
         f"fulmen: {exc.signal_name} received at epoch {trainer.current_epoch}, step {trainer.global_step}; "
         f"saved {exc.checkpoint_path}. Resume with ckpt_path='last'." + (f" {note}." if note else "")
     )
     raise SystemExit(PREEMPTED_EXIT_CODE)
+
+
+def requeue(trainer) -> Optional[str]:
+    """Ask the job's scheduler to run it again. The cluster environment knows its scheduler
+    (SLURM requeues; torchrun has none); a process that a batch script started directly runs
+    under the local environment, so the registered environments are asked whether this is
+    one of their scheduled jobs too."""
+    environment = trainer.strategy.cluster_environment
+    note = environment.requeue() if environment is not None else None
+    if note is not None:
+        return note
+    for entry in trainer.fabric.registry.entries("environment"):
+        factory = entry.factory
+        if isinstance(environment, factory) if isinstance(factory, type) else False:
+            continue  # asked already
+        scheduled = getattr(factory, "scheduled_job", None)
+        if callable(scheduled) and scheduled():
+            return factory().requeue()
+    return None

@@ -14,6 +14,7 @@ import torch
 
 from fulmen.errors import FulmenConfigError, FulmenUserCodeError, FulmenWarning
 from fulmen.fabric.fabric import Fabric
+from fulmen.fabric.respawn import RebuildsInWorkers
 from fulmen.fabric.wrappers import DeviceDataLoader
 from fulmen.plugins import config as plugin_config
 from fulmen.trainer import checkpoint as ckpt
@@ -24,13 +25,17 @@ from fulmen.trainer.hook_relay import HookRelay
 from fulmen.trainer.metrics import MetricStore
 from fulmen.trainer.optim import parse_optimizers
 from fulmen.trainer import preemption, spawn
-from fulmen.trainer.preemption import Preempted
+from fulmen.trainer.run import run_stage
+from fulmen.trainer.stages import STAGES
+from fulmen.trainer.properties import TrainerProperties
+from fulmen.strategies.capabilities import SupportsSyncBatchNorm
+from fulmen.strategies.launcher import runs_in_workers
 from fulmen.utilities import rng
 from fulmen.trainer.step_dispatch import StepDispatcher
 from fulmen.trainer.setup_helpers import build_callbacks, build_loggers, parse_fast_dev_run, parse_val_check_interval
 
 
-class Trainer:
+class Trainer(TrainerProperties, RebuildsInWorkers):
     def __init__(
         self,
         accelerator: Any = "auto",
@@ -71,19 +76,18 @@ class Trainer:
         allow_plugins: Optional[Sequence[str]] = None,
         deny_plugins: Optional[Sequence[str]] = None,
     ) -> None:
-        # What a spawned rank needs to build the same Trainer on its side (ddp_spawn/ddp_fork).
-        self._init_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.fabric = Fabric(
             accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes,
             precision=precision, plugins=plugins, allow_plugins=allow_plugins, deny_plugins=deny_plugins,
         )
         self.strategy = self.fabric.strategy
         if sync_batchnorm:
-            if not hasattr(self.strategy, "sync_batchnorm"):
+            if not isinstance(self.strategy, SupportsSyncBatchNorm):
                 raise FulmenConfigError(
-                    f"sync_batchnorm=True needs a multi-process strategy (ddp, fsdp, ...); {self.strategy.name or type(self.strategy).__name__!r} has none"
+                    f"sync_batchnorm=True, but the strategy {self.strategy.name or type(self.strategy).__name__!r} "
+                    "cannot synchronise batch-norm statistics; use strategy='ddp' or set sync_batchnorm=False"
                 )
-            self.strategy.sync_batchnorm = True
+            self.strategy.enable_sync_batchnorm()
         self.default_root_dir = str(default_root_dir) if default_root_dir is not None else os.getcwd()
 
         dev_run = parse_fast_dev_run(fast_dev_run)
@@ -160,107 +164,7 @@ class Trainer:
         self._pending_rng = None
         self._preemption = preemption.PreemptionHandler()
         self._eval_batch_counts: List[Union[int, float]] = []
-
-    # ------------------------------------------------------------------ properties
-    @property
-    def global_step(self) -> int:
-        return self._progress.global_step
-
-    @property
-    def current_epoch(self) -> int:
-        return self._progress.current_epoch
-
-    @property
-    def callback_metrics(self) -> Dict[str, torch.Tensor]:
-        return self._metrics.callback_metrics
-
-    @property
-    def logged_metrics(self) -> Dict[str, float]:
-        return self._metrics.logged_metrics
-
-    @property
-    def progress_bar_metrics(self) -> Dict[str, float]:
-        return self._metrics.progress_bar_metrics
-
-    @property
-    def logger(self):
-        return self.loggers[0] if self.loggers else None
-
-    @property
-    def log_dir(self) -> str:
-        logger = self.logger
-        log_dir = getattr(logger, "log_dir", None) if logger is not None else None
-        return str(log_dir) if log_dir is not None else self.default_root_dir
-
-    @property
-    def checkpoint_callbacks(self) -> List[Any]:
-        from fulmen.callbacks.model_checkpoint import ModelCheckpoint
-
-        return [cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)]
-
-    @property
-    def checkpoint_callback(self):
-        callbacks = self.checkpoint_callbacks
-        return callbacks[0] if callbacks else None
-
-    @property
-    def early_stopping_callback(self):
-        from fulmen.callbacks.early_stopping import EarlyStopping
-
-        return next((cb for cb in self.callbacks if isinstance(cb, EarlyStopping)), None)
-
-    @property
-    def progress_bar_callback(self):
-        from fulmen.callbacks.progress_bar import ProgressBar
-
-        return next((cb for cb in self.callbacks if isinstance(cb, ProgressBar)), None)
-
-    @property
-    def accelerator(self):
-        return self.strategy.accelerator
-
-    @property
-    def precision(self) -> str:
-        return self.strategy.precision.name
-
-    @property
-    def world_size(self) -> int:
-        return self.strategy.world_size
-
-    @property
-    def global_rank(self) -> int:
-        return self.strategy.global_rank
-
-    @property
-    def local_rank(self) -> int:
-        return self.strategy.local_rank
-
-    @property
-    def node_rank(self) -> int:
-        return self.strategy.node_rank
-
-    @property
-    def is_global_zero(self) -> bool:
-        return self.strategy.is_global_zero
-
-    @property
-    def lightning_module(self):
-        return self.module
-
-    model = lightning_module
-
-    @property
-    def training(self) -> bool:
-        # Lightning: False while fit's validation loop runs (trainer.validating is True then).
-        return self.state == "fitting" and not self.sanity_checking and not self._evaluating
-
-    @property
-    def validating(self) -> bool:
-        return self._evaluating and self.state in ("fitting", "validating") and not self.sanity_checking
-
-    @property
-    def estimated_stepping_batches(self) -> float:
-        return fit_loop.estimated_stepping_batches(self)
+        self._strategy_torn_down = False
 
     # ------------------------------------------------------------------ entry points
     def fit(self, model, train_dataloaders=None, val_dataloaders=None, datamodule=None, ckpt_path=None) -> None:
@@ -285,69 +189,10 @@ class Trainer:
         return self._run("predict", model, datamodule, lambda: self._evaluate("predict", dataloaders, ckpt_path, False))
 
     def _spawns(self) -> bool:
-        launcher = self.strategy.launcher
-        return launcher is not None and not getattr(launcher, "starts_in_place", False)
+        return runs_in_workers(self.strategy.launcher)
 
     def _run(self, stage: str, model, datamodule, body):
-        from fulmen.module import Module
-
-        model = model if model is not None else self.module
-        if model is None:
-            raise FulmenConfigError(f"trainer.{stage}() needs a model: trainer.{stage}(model, ...)")
-        if not isinstance(model, Module):
-            raise FulmenConfigError(
-                f"trainer.{stage}() takes a fulmen.Module, got {type(model).__name__}; subclass "
-                "fulmen.Module (or use fulmen.Fabric to train a plain nn.Module)"
-            )
-        self.module = model
-        self.datamodule = datamodule if datamodule is not None else self.datamodule
-        model.trainer = self
-        if self.datamodule is not None:
-            self.datamodule.trainer = self
-        self.state = {"fit": "fitting", "validate": "validating", "test": "testing", "predict": "predicting"}[stage]
-        self.stage = stage
-        self.should_stop = False
-        self._relay.attach(model, self.datamodule, self.callbacks)
-        try:
-            if self.datamodule is not None:
-                self.datamodule.prepare_data()
-                self.datamodule.setup(stage=stage)
-            if self.world_size > 1 and not self._loggers_synchronized:
-                for logger in self.loggers:
-                    logger.synchronize(self.strategy)
-                self._loggers_synchronized = True
-            if stage == "fit":
-                # Read the checkpoint before callbacks set up: loggers must get their old
-                # versions back first, so every directory derived from them is the same.
-                self._resume_checkpoint, self._resume_path = ckpt.load_first_good(self, self._resume_from)
-                if self._resume_checkpoint is not None:
-                    ckpt.restore_before_setup(self, self._resume_checkpoint)
-            self._call("setup", stage=stage)
-            model.setup(stage=stage)
-            result = body()
-        except Preempted as exc:
-            self.state = "interrupted"
-            self._finalize_loggers("interrupted")
-            preemption.exit_after_preemption(self, exc)
-        except BaseException as exc:
-            self.state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            self._call("on_exception", exception=exc)
-            self._finalize_loggers("failed" if self.state == "failed" else "interrupted")
-            raise
-        finally:
-            try:
-                self._call("teardown", stage=stage)
-                model.teardown(stage=stage)
-                if self.datamodule is not None:
-                    self.datamodule.teardown(stage=stage)
-            finally:
-                self._relay.detach()
-                self._resume_checkpoint = None
-                self.strategy.checkpoint_io.teardown()  # waits for background writes
-        self.state = "finished"
-        if stage == "fit":
-            self._finalize_loggers("success")
-        return result
+        return run_stage(self, stage, model, datamodule, body)
 
     def _call(self, hook: str, **kwargs: Any) -> None:
         relay = self._relay
@@ -375,8 +220,32 @@ class Trainer:
 
     def _setup_module_and_optimizers(self) -> None:
         module = self.module
-        self._setup_module()
-        optimizers, schedulers = parse_optimizers(module.configure_optimizers())
+
+        def configure():
+            optimizers, schedulers = parse_optimizers(module.configure_optimizers())
+            self._check_optimizers(optimizers)
+            return optimizers, schedulers
+
+        if self._module_setup_for is module:  # wrapped already (validate ran before fit)
+            optimizers, schedulers = configure()
+            self.optimizers = [self.fabric.setup_optimizer(opt) for opt in optimizers]
+        else:
+            self._configure_model()
+            self._dispatcher = StepDispatcher(module)
+            # One call: the strategy decides whether optimizers are built before or after
+            # the module is wrapped (an engine may own both as one object).
+            self._forward_module, self.optimizers, schedulers = self.fabric.setup_module_and_optimizers(
+                self._dispatcher, configure
+            )
+            self._module_setup_for = module
+        if not module.automatic_optimization:
+            for opt in self.optimizers:
+                opt._before_step.append(self._before_manual_step)
+                opt._after_step.append(self._count_manual_step)
+        self.lr_scheduler_configs = schedulers
+
+    def _check_optimizers(self, optimizers: List[Any]) -> None:
+        module = self.module
         if not optimizers:
             raise FulmenUserCodeError("configure_optimizers returned no optimizer; return at least one to train")
         if module.automatic_optimization and len(optimizers) > 1:
@@ -390,22 +259,19 @@ class Trainer:
                 "gradient_clip_val and accumulate_grad_batches apply to automatic optimization; in "
                 "manual optimization call self.clip_gradients(...) / accumulate in training_step"
             )
-        self.optimizers = [self.fabric.setup_optimizer(opt) for opt in optimizers]
-        if not module.automatic_optimization:
-            for opt in self.optimizers:
-                opt._before_step.append(lambda raw: self._call("on_before_optimizer_step", optimizer=raw))
-                opt._after_step.append(self._count_manual_step)
-        self.lr_scheduler_configs = schedulers
+
+    def _configure_model(self) -> None:
+        configure_model = getattr(self.module, "configure_model", None)
+        if callable(configure_model):
+            # Layers built here may be created empty (meta device) by sharding strategies,
+            # which then materialise only this rank's shards in setup_module.
+            with self.fabric.init_module(empty_init=True):
+                configure_model()
 
     def _setup_module(self) -> None:
         """Wrap the module once per model: DDP and friends must see training_step as forward."""
         if self._module_setup_for is not self.module:
-            configure_model = getattr(self.module, "configure_model", None)
-            if callable(configure_model):
-                # Layers built here may be created empty (meta device) by sharding strategies,
-                # which then materialise only this rank's shards in setup_module.
-                with self.fabric.init_module(empty_init=True):
-                    configure_model()
+            self._configure_model()
             self._dispatcher = StepDispatcher(self.module)
             self._forward_module = self.fabric.setup_module(self._dispatcher)
             self._module_setup_for = self.module
@@ -419,6 +285,11 @@ class Trainer:
         # skips nn.Module.__call__'s bookkeeping. The wrapped module's __call__ (where DDP
         # and FSDP hook in) still runs.
         return self._forward_module.forward(*args)
+
+    def _before_manual_step(self, raw_optimizer) -> None:
+        if "on_before_optimizer_step" in self._relay.implemented:
+            self.strategy.unscale_gradients(raw_optimizer)  # the hook sees true gradients
+            self._call("on_before_optimizer_step", optimizer=raw_optimizer)
 
     def _count_manual_step(self) -> None:
         self._progress.global_step += 1
@@ -492,7 +363,7 @@ class Trainer:
         self._train_loader.skip_next(start)  # the loop's progress decides, not the saved loader
         iterator = iter(self._train_loader)
         if self._pending_rng is not None:
-            rng.restore(self._pending_rng)
+            rng.restore(self._pending_rng, self.accelerator)
             self._pending_rng = None
         return iterator
 
@@ -551,21 +422,22 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, stage: str, dataloaders, ckpt_path, verbose: bool):
         module = self.module
-        step_name = {"validate": "validation_step", "test": "test_step", "predict": "predict_step"}[stage]
+        table = STAGES[stage]
+        step_name = table.step_name
         if not callable(getattr(module, step_name, None)):
             raise FulmenUserCodeError(f"trainer.{stage}() needs {type(module).__name__}.{step_name}(self, batch, batch_idx)")
         self._setup_module()
         checkpoint, path = ckpt.load_first_good(self, ckpt_path)
         if checkpoint is not None:
             ckpt.restore(self, checkpoint, path, fitting=False)
-        kind = {"validate": "val", "test": "test", "predict": "predict"}[stage]
+        kind = table.loader_kind
         loaders = data_utils.find_loaders(kind, dataloaders, self.datamodule, module)
         if not loaders:
             raise FulmenConfigError(
                 f"no {kind} data: pass dataloaders= to trainer.{stage}(), a datamodule= or define "
                 f"{kind}_dataloader() on the module"
             )
-        limit = {"validate": self.limit_val_batches, "test": self.limit_test_batches, "predict": self.limit_predict_batches}[stage]
+        limit = getattr(self, table.limit_attribute)
         wrapped, counts = self._set_eval_loaders(kind, loaders, limit)
         result = run_evaluation(self, stage, wrapped, counts)
         if verbose and stage != "predict" and self.is_global_zero:
@@ -590,6 +462,12 @@ class Trainer:
         metrics = self._metrics.step_metrics_for_loggers()
         if metrics:
             self._log_to_loggers(metrics)
+
+    def log_metrics(self, metrics: Dict[str, float]) -> None:
+        """Send one row of plain floats to every logger at the current ``global_step``, with
+        the ``epoch`` key added, from rank zero and never during the sanity check: what the
+        loop does with logged metrics, for a callback that computes its own (learning rates)."""
+        self._log_to_loggers(metrics)
 
     def _log_to_loggers(self, metrics: Dict[str, float]) -> None:
         if not metrics or not self.loggers or self.sanity_checking or not self.is_global_zero:

@@ -34,9 +34,10 @@ def apply_to_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
     return data
 
 
-def move_data_to_device(data: Any, device: torch.device) -> Any:
-    """Move every tensor of a batch to ``device``; non-blocking where the copy can overlap."""
-    non_blocking = device.type in ("cuda", "xla")
+def move_data_to_device(data: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Move every tensor of a batch to ``device``. ``non_blocking`` is the accelerator's
+    call (``Accelerator.non_blocking_copies``): only it knows whether a copy that returns
+    early is still ordered before the kernels that read it."""
     if device.type == "cpu":
 
         def move(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,85 @@
+"""Values passed to ``Fabric.log`` stay on their device until a logging interval.
+
+Reading a GPU tensor on the host (``.item()``) waits for every kernel queued before it, so
+reading each value when it is logged would stall the loop once per call. Rows are kept
+in order instead and read together, one transfer per device, every ``flush_every`` rows,
+at ``Fabric.save``, at ``Fabric.flush_logs()`` and at exit, as the Trainer does at its
+logging intervals. Rows of plain numbers go out at once unless tensor rows are pending
+(the loggers then get every row in the order it was logged).
+"""
+
+from __future__ import annotations
+
+import atexit
+import weakref
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from fulmen.errors import FulmenUserCodeError
+
+# The Trainer's default log_every_n_steps: the same number of host syncs per step.
+DEFAULT_FLUSH_EVERY = 50
+
+Row = Tuple[Optional[int], Dict[str, Any]]
+
+
+class DeferredMetrics:
+    def __init__(self, loggers: Sequence[Any], flush_every: int = DEFAULT_FLUSH_EVERY) -> None:
+        self._loggers = loggers
+        self.flush_every = flush_every
+        self._rows: List[Row] = []
+        self._tensor_rows = 0
+        atexit.register(_flush_at_exit, weakref.ref(self))
+
+    def add(self, metrics: Dict[str, Any], step: Optional[int]) -> None:
+        row: Dict[str, Any] = {}
+        holds_tensor = False
+        for name, value in metrics.items():
+            if isinstance(value, torch.Tensor):
+                if value.numel() != 1:
+                    raise FulmenUserCodeError(
+                        f"fabric.log({name!r}, ...) got a tensor of shape {tuple(value.shape)}; log a scalar "
+                        "(reduce it first, e.g. value.mean())"
+                    )
+                value = value.detach()
+                holds_tensor = True
+            else:
+                value = float(value)
+            row[name] = value
+        self._rows.append((step, row))
+        if holds_tensor:
+            self._tensor_rows += 1
+        if not self._tensor_rows or len(self._rows) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Read every pending value (one transfer per device) and hand the rows to the loggers."""
+        rows, self._rows, self._tensor_rows = self._rows, [], 0
+        if not rows:
+            return
+        for step, plain in _to_floats(rows):
+            for logger in self._loggers:
+                logger.log_metrics(plain, step=step)
+
+
+def _to_floats(rows: List[Row]) -> List[Row]:
+    by_device: Dict[torch.device, List[torch.Tensor]] = {}
+    for _, row in rows:
+        for value in row.values():
+            if isinstance(value, torch.Tensor):
+                by_device.setdefault(value.device, []).append(value.reshape(()).to(torch.float64))
+    read = {device: iter(torch.stack(values).tolist()) for device, values in by_device.items()}
+    out: List[Row] = []
+    for step, row in rows:
+        out.append((step, {k: next(read[v.device]) if isinstance(v, torch.Tensor) else v for k, v in row.items()}))
+    return out
+
+
+def _flush_at_exit(ref: "weakref.ref[DeferredMetrics]") -> None:
+    metrics = ref()
+    if metrics is not None:
+        try:
+            metrics.flush()
+        except Exception:  # the interpreter is going away; a logger may be closed already
+            pass

@@ -21,14 +21,15 @@ from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 @runtime_checkable
 class Launcher(Protocol):
-    """What the Trainer and Fabric expect of ``Strategy.launcher``."""
+    """What the Trainer and Fabric expect of ``Strategy.launcher``.
+
+    Besides these, an in-place launcher has ``start_other_processes()`` (called by its
+    strategy's ``setup_environment``) and a worker launcher has
+    ``launch(function, *args, **kwargs)``, returning rank 0's result.
+    """
 
     #: True: this process continues as rank 0; False: the work runs in started workers.
     starts_in_place: bool
-
-    def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run ``function(*args, **kwargs)`` in every worker; rank 0's return value."""
-        ...
 
     def teardown(self) -> None:
         """Forget the processes started (called from ``Strategy.teardown``)."""

@@ -206,8 +206,9 @@ def candidates(trainer, ckpt_path: Optional[str]) -> List[str]:
         found = []
         for callback in trainer.checkpoint_callbacks:
             found.extend(callback.last_checkpoint_candidates())
-        if Path(trainer.default_root_dir).is_dir():
-            found.extend(Path(trainer.default_root_dir).rglob("*.ckpt"))
+        # The strategy knows what its checkpoints look like (a file, or a directory whose
+        # own files are parts of it and never candidates themselves).
+        found.extend(trainer.strategy.find_checkpoints(trainer.default_root_dir))
         ordered = _newest_first(found)
         if not ordered:
             warnings.warn('ckpt_path="last" found no checkpoint; starting from scratch', FulmenWarning, stacklevel=4)

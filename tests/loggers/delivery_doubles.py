@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from fulmen_loggers._base import TrackingLogger
 from fulmen_loggers._records import METRICS, Record
 from fulmen_loggers._sink import Sink
+from fulmen_loggers._tracking_logger import TrackingLogger
 
 
 class FileBackend:

@@ -18,7 +18,7 @@ _LAZY = {
     "MLflowLogger": "fulmen_loggers.mlflow_logger",
     "WandbLogger": "fulmen_loggers.wandb_logger",
     "TensorBoardLogger": "fulmen_loggers.tensorboard_logger",
-    "flatten_params": "fulmen_loggers._base",
+    "flatten_params": "fulmen_loggers._hyperparams",
 }
 
 __all__ = sorted(_LAZY)

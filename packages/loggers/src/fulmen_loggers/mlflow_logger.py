@@ -18,9 +18,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
-from fulmen_loggers._base import MissingArtifact, TrackingLogger, artifact_source, release_staged
+from fulmen_loggers._checkpoint_artifacts import MissingArtifact, artifact_source, release_staged
 from fulmen_loggers._records import ARTIFACT, END, METRICS, PARAMS, FulmenLoggerWarning, Record
 from fulmen_loggers._sink import Sink
+from fulmen_loggers._tracking_logger import TrackingLogger
 
 # Tags each run with its run directory's key (see ``_run_created_earlier``).
 RUN_KEY_TAG = "fulmen.run_key"

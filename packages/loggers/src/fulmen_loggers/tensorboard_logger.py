@@ -15,9 +15,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Union
 
-from fulmen_loggers._base import TrackingLogger, is_global_zero
 from fulmen_loggers._records import END, GRAPH, METRICS, PARAMS, FulmenLoggerWarning, Record
 from fulmen_loggers._sink import Sink
+from fulmen_loggers._tracking_logger import TrackingLogger, is_global_zero
 
 
 class TensorBoardLogger(TrackingLogger):

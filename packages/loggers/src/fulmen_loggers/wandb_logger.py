@@ -21,9 +21,10 @@ import struct
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from fulmen_loggers._base import MissingArtifact, TrackingLogger, artifact_source, release_staged
+from fulmen_loggers._checkpoint_artifacts import MissingArtifact, artifact_source, release_staged
 from fulmen_loggers._records import ARTIFACT, END, METRICS, PARAMS, Record
 from fulmen_loggers._sink import Sink
+from fulmen_loggers._tracking_logger import TrackingLogger
 
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 

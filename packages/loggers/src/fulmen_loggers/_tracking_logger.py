@@ -1,28 +1,29 @@
-"""What the three loggers share: the local run directory, the delivery thread, hyperparameter
-flattening, checkpoint artifacts, resume state and rank-zero behaviour.
+"""The base class of the three loggers: the local run directory, the delivery thread, resume
+state and rank-zero behaviour.
 
 A subclass says where its run directory is (``_root_dir``), which settings identify its run
 (``_settings``, stored in ``fulmen-delivery/meta.json`` so that ``fulmen loggers replay`` can
 rebuild the client), and names the function that builds its :class:`~fulmen_loggers._sink.Sink`
 from those settings (``SINK``). Everything that talks to the backend runs on the delivery
-thread; the methods the Trainer calls only build records.
+thread; the methods the Trainer calls only build records. Making hyperparameters plain is
+:mod:`~fulmen_loggers._hyperparams`' job, keeping checkpoint files for their upload
+:mod:`~fulmen_loggers._checkpoint_artifacts`'.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import threading
-import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 from fulmen.loggers.base import Logger
 
+from fulmen_loggers._checkpoint_artifacts import checkpoint_record, parse_log_model
 from fulmen_loggers._delivery import Dispatcher
+from fulmen_loggers._hyperparams import flatten_params, mapping_items, nested_params, params_digest
 from fulmen_loggers._records import (
     ARTIFACT,
     DELIVERY_DIR,
@@ -37,116 +38,12 @@ from fulmen_loggers._records import (
 from fulmen_loggers._sink import DeliveryOptions
 from fulmen_loggers._spool import Spool
 
-LOG_MODEL_MODES = {False: "off", None: "off", "off": "off", True: "best", "best": "best", "all": "all"}
-
-
-def parse_log_model(value: Any) -> str:
-    try:
-        return LOG_MODEL_MODES[value]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"log_model={value!r}; use False (off), True or 'best' (best checkpoint at the end), or 'all'"
-        ) from None
-
 
 def is_global_zero() -> bool:
     """Rank zero of an initialised process group, or the only process."""
     import torch.distributed as dist
 
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-_NOT_A_SCALAR = object()
-
-
-def _item(value: Any) -> Any:
-    """A one-element tensor or numpy value as a Python number, else ``_NOT_A_SCALAR``."""
-    item = getattr(value, "item", None)
-    if not callable(item):
-        return _NOT_A_SCALAR
-    numel = getattr(value, "numel", None)
-    try:
-        size = numel() if callable(numel) else getattr(value, "size", None)
-        if size == 1:
-            out = item()
-            if isinstance(out, (bool, int, float, str)):
-                return out
-    except Exception:
-        pass
-    return _NOT_A_SCALAR
-
-
-def _scalar(value: Any) -> Any:
-    if value is None:
-        return "None"
-    if isinstance(value, (bool, int, float, str)):
-        return value
-    item = _item(value)
-    if item is not _NOT_A_SCALAR:
-        return item
-    if isinstance(value, (list, tuple, set)):
-        try:
-            return json.dumps([_plain(v) for v in value])
-        except (TypeError, ValueError):
-            return str(list(value))
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, type) or callable(value):
-        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}".lstrip(".")
-    return str(value)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    scalar = _scalar(value)
-    return scalar
-
-
-def _items(value: Any):
-    import argparse
-
-    if isinstance(value, argparse.Namespace):
-        return vars(value).items()
-    if isinstance(value, Mapping):
-        return value.items()
-    return None
-
-
-def flatten_params(params: Mapping[str, Any], sep: str = "/") -> Dict[str, Any]:
-    """``{"optimizer": {"lr": 0.1}, "layers": [64, 64]}`` → ``{"optimizer/lr": 0.1, "layers": "[64, 64]"}``.
-
-    Nested mappings (and ``argparse.Namespace``) become ``sep``-joined keys; leaves become
-    bool/int/float/str (lists as JSON, ``None`` as ``"None"``, tensors and numpy scalars as
-    their value, classes and functions as their qualified name, anything else as ``str``).
-    """
-    out: Dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        items = _items(value)
-        if items is None:
-            out[prefix] = _scalar(value)
-            return
-        items = list(items)
-        if not items and prefix:
-            out[prefix] = "{}"
-        for key, child in items:
-            walk(f"{prefix}{sep}{key}" if prefix else str(key), child)
-
-    walk("", params)
-    return out
-
-
-def nested_params(params: Mapping[str, Any]) -> Dict[str, Any]:
-    """The same values as nested plain data (for backends that keep structure, like W&B)."""
-    out = _plain(dict(_items(params) or {}))
-    return out if isinstance(out, dict) else {}
-
-
-def params_digest(flat: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class TrackingLogger(Logger):
@@ -313,7 +210,7 @@ class TrackingLogger(Logger):
     def log_hyperparams(self, params: Any) -> None:
         if not is_global_zero():
             return
-        items = _items(params)
+        items = mapping_items(params)
         params = dict(items) if items is not None else {"params": params}
         flat = flatten_params(params)
         digest = params_digest(flat)
@@ -337,10 +234,7 @@ class TrackingLogger(Logger):
 
     def _submit_checkpoint(self, path: str, aliases: List[str]) -> None:
         dispatcher = self._start()
-        staged = _stage(path, dispatcher.directory / "staged")
-        dispatcher.submit(
-            ARTIFACT, {"path": path, "staged": staged, "name": os.path.basename(path), "aliases": aliases}
-        )
+        dispatcher.submit(ARTIFACT, checkpoint_record(path, aliases, dispatcher.directory))
 
     def save(self) -> None:
         """Called before each checkpoint and at epoch ends: what is still in memory goes to
@@ -442,43 +336,4 @@ def _import(path: str):
     return getattr(importlib.import_module(module_name), attr)
 
 
-def _stage(path: str, directory: Path) -> Optional[str]:
-    """Hard-link ``path`` into the run directory, so the upload survives ModelCheckpoint
-    pruning the file first; None when linking is impossible (another filesystem): then the
-    upload reads the original path."""
-    target = directory / uuid.uuid4().hex[:12] / os.path.basename(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.link(path, target)
-        return str(target)
-    except OSError:
-        try:
-            target.parent.rmdir()
-        except OSError:
-            pass
-        return None
-
-
-def artifact_source(data: Dict[str, Any]) -> Optional[str]:
-    """The file to upload for an ARTIFACT record, or None if neither copy exists any more."""
-    for candidate in (data.get("staged"), data.get("path")):
-        if candidate and os.path.exists(candidate):
-            return candidate
-    return None
-
-
-def release_staged(data: Dict[str, Any]) -> None:
-    staged = data.get("staged")
-    if staged:
-        try:
-            os.unlink(staged)
-            os.rmdir(os.path.dirname(staged))
-        except OSError:
-            pass
-
-
-class MissingArtifact(Exception):
-    """The checkpoint file vanished before it could be uploaded (a permanent failure)."""
-
-
-__all__ = ["TrackingLogger", "flatten_params", "nested_params", "is_global_zero"]
+__all__ = ["TrackingLogger", "is_global_zero"]

@@ -24,35 +24,48 @@ class RowRecorder:
         pass
 
 
-def test_log_keeps_tensors_until_the_interval_then_delivers_every_row_in_order():
+def _device_logging(device: str, tmp_path):
     recorder = RowRecorder()
     fabric = fulmen.Fabric(accelerator="cpu", loggers=[recorder])
     fabric.log_flush_every = 4
     for step in range(3):
-        fabric.log_dict({"loss": torch.tensor(float(step)), "lr": 0.5}, step=step)
-    assert recorder.rows == []  # three tensor rows are pending: nothing was read yet
-    fabric.log("acc", 0.25, step=3)  # a plain number waits behind them (order is kept)
-    assert [step for step, _ in recorder.rows] == [0, 1, 2, 3]
+        fabric.log_dict({"loss": torch.tensor(float(step), device=device), "lr": 0.5}, step=step)
+    pending = list(recorder.rows)
+    fabric.log("acc", 0.25, step=3)  # the fourth row: the interval is reached
+    return recorder, pending, fabric
+
+
+def test_cpu_values_reach_the_loggers_at_once_as_floats(tmp_path):
+    recorder, pending, _ = _device_logging("cpu", tmp_path)
+    assert [step for step, _ in pending] == [0, 1, 2]  # reading a CPU tensor costs no sync
     assert recorder.rows[2] == (2, {"loss": 2.0, "lr": 0.5}) and recorder.rows[3] == (3, {"acc": 0.25})
-    assert all(isinstance(v, float) for _, row in recorder.rows for v in row.values())
+    assert all(type(v) is float for _, row in recorder.rows for v in row.values())
 
 
-def test_reaching_the_logger_or_saving_hands_over_pending_rows(tmp_path):
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_values_wait_for_the_interval_then_arrive_in_order(tmp_path):
+    recorder, pending, fabric = _device_logging("cuda", tmp_path)
+    assert pending == []  # three device rows: nothing read yet, no sync
+    assert [step for step, _ in recorder.rows] == [0, 1, 2, 3]
+    fabric.log("loss", torch.tensor(9.0, device="cuda"), step=4)
+    assert len(recorder.rows) == 4
+    assert fabric.logger is recorder and recorder.rows[-1] == (4, {"loss": 9.0})
+
+
+def test_rows_are_read_together_in_logged_order():
+    from fulmen.fabric.deferred_metrics import _to_floats
+
+    rows = [(0, {"a": torch.tensor(1.0), "b": 2.0}), (None, {"a": torch.tensor(3, dtype=torch.int64)}), (5, {"c": torch.tensor(0.5)})]
+    assert _to_floats(rows) == [(0, {"a": 1.0, "b": 2.0}), (None, {"a": 3.0}), (5, {"c": 0.5})]
+
+
+def test_saving_hands_over_what_was_logged_before(tmp_path):
     recorder = RowRecorder()
     fabric = fulmen.Fabric(accelerator="cpu", loggers=[recorder])
-    fabric.log("loss", torch.tensor(1.5), step=0)
-    assert recorder.rows == []
-    assert fabric.logger is recorder and recorder.rows == [(0, {"loss": 1.5})]
     fabric.log("loss", torch.tensor(2.5), step=1)
     fabric.save(tmp_path / "state.ckpt", {"step": 1})
-    assert recorder.rows[-1] == (1, {"loss": 2.5})
-
-
-def test_plain_numbers_with_nothing_pending_go_out_at_once():
-    recorder = RowRecorder()
-    fabric = fulmen.Fabric(accelerator="cpu", loggers=[recorder])
-    fabric.log("lr", 0.1, step=0)
-    assert recorder.rows == [(0, {"lr": 0.1})]
+    assert recorder.rows == [(1, {"loss": 2.5})]
 
 
 def test_log_refuses_a_tensor_that_is_not_a_scalar():

@@ -3,9 +3,10 @@
 Reading a GPU tensor on the host (``.item()``) waits for every kernel queued before it, so
 reading each value when it is logged would stall the loop once per call. Rows are kept
 in order instead and read together, one transfer per device, every ``flush_every`` rows,
-at ``Fabric.save``, at ``Fabric.flush_logs()`` and at exit, as the Trainer does at its
-logging intervals. Rows of plain numbers go out at once unless tensor rows are pending
-(the loggers then get every row in the order it was logged).
+at ``Fabric.save``, at ``Fabric.flush_logs()``, when ``fabric.logger`` is reached and at
+exit (followed by each logger's ``save()``). Rows without a device tensor (numbers, CPU
+tensors, whose reading costs no sync) go out at once unless device rows are pending: the
+loggers get every row in the order it was logged, and a CPU run sees each value at once.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ class DeferredMetrics:
         self._loggers = loggers
         self.flush_every = flush_every
         self._rows: List[Row] = []
-        self._tensor_rows = 0
+        self._device_rows = 0
         atexit.register(_flush_at_exit, weakref.ref(self))
 
     def add(self, metrics: Dict[str, Any], step: Optional[int]) -> None:
         row: Dict[str, Any] = {}
-        holds_tensor = False
+        on_device = False
         for name, value in metrics.items():
             if isinstance(value, torch.Tensor):
                 if value.numel() != 1:
@@ -43,19 +44,19 @@ class DeferredMetrics:
                         "(reduce it first, e.g. value.mean())"
                     )
                 value = value.detach()
-                holds_tensor = True
+                on_device = on_device or not value.is_cpu
             else:
                 value = float(value)
             row[name] = value
         self._rows.append((step, row))
-        if holds_tensor:
-            self._tensor_rows += 1
-        if not self._tensor_rows or len(self._rows) >= self.flush_every:
+        if on_device:
+            self._device_rows += 1
+        if not self._device_rows or len(self._rows) >= self.flush_every:
             self.flush()
 
     def flush(self) -> None:
         """Read every pending value (one transfer per device) and hand the rows to the loggers."""
-        rows, self._rows, self._tensor_rows = self._rows, [], 0
+        rows, self._rows, self._device_rows = self._rows, [], 0
         if not rows:
             return
         for step, plain in _to_floats(rows):
@@ -78,8 +79,13 @@ def _to_floats(rows: List[Row]) -> List[Row]:
 
 def _flush_at_exit(ref: "weakref.ref[DeferredMetrics]") -> None:
     metrics = ref()
-    if metrics is not None:
-        try:
-            metrics.flush()
-        except Exception:  # the interpreter is going away; a logger may be closed already
-            pass
+    if metrics is None or not metrics._rows:
+        return
+    try:
+        metrics.flush()
+        for logger in metrics._loggers:  # rows that arrived after the user's last save
+            save = getattr(logger, "save", None)
+            if callable(save):
+                save()
+    except Exception:  # the interpreter is going away; a logger may be closed already
+        pass

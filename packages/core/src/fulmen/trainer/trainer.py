@@ -155,7 +155,8 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
         self._val_check_batches: Optional[int] = None
         self._forward_module = None
         self._dispatcher = None
-        self._module_setup_for = None
+        self._module_setup_for = None  # the module the strategy wrapped for this stage
+        self._configured_model = None  # the module configure_model ran for
         self._hparams_logged = False
         self._resume_from = None
         self._loggers_synchronized = False
@@ -231,7 +232,6 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
             self.optimizers = [self.fabric.setup_optimizer(opt) for opt in optimizers]
         else:
             self._configure_model()
-            self._dispatcher = StepDispatcher(module)
             # One call: the strategy decides whether optimizers are built before or after
             # the module is wrapped (an engine may own both as one object).
             self._forward_module, self.optimizers, schedulers = self.fabric.setup_module_and_optimizers(
@@ -261,18 +261,23 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
             )
 
     def _configure_model(self) -> None:
+        """Once per model (a later stage re-wraps the same layers): ``configure_model``,
+        then the dispatcher that makes the step methods the wrapped module's forward."""
+        if self._configured_model is self.module:
+            return
         configure_model = getattr(self.module, "configure_model", None)
         if callable(configure_model):
             # Layers built here may be created empty (meta device) by sharding strategies,
             # which then materialise only this rank's shards in setup_module.
             with self.fabric.init_module(empty_init=True):
                 configure_model()
+        self._dispatcher = StepDispatcher(self.module)
+        self._configured_model = self.module
 
     def _setup_module(self) -> None:
         """Wrap the module once per model: DDP and friends must see training_step as forward."""
         if self._module_setup_for is not self.module:
             self._configure_model()
-            self._dispatcher = StepDispatcher(self.module)
             self._forward_module = self.fabric.setup_module(self._dispatcher)
             self._module_setup_for = self.module
 

@@ -37,6 +37,15 @@ def _fulmen_version() -> str:
 
 
 class Fabric(RebuildsInWorkers):
+    """Devices, processes, precision and checkpoints for a training loop you write yourself.
+
+    Change a plain PyTorch script in a few places (``fabric.setup``, ``fabric.backward``,
+    ``fabric.setup_dataloaders``) and it runs on any accelerator, strategy and precision the
+    Trainer runs on, with the same implementation of each. Arguments are the Trainer's
+    hardware arguments (see ``fulmen.Trainer``), plus ``callbacks`` (for :meth:`call`) and
+    ``loggers`` (for :meth:`log`).
+    """
+
     def __init__(
         self,
         accelerator: Any = "auto",
@@ -85,46 +94,57 @@ class Fabric(RebuildsInWorkers):
     # ------------------------------------------------------------------ properties
     @property
     def strategy(self) -> Strategy:
+        """The strategy object every verb goes through."""
         return self._strategy
 
     @property
     def accelerator(self):
+        """The strategy's accelerator."""
         return self._strategy.accelerator
 
     @property
     def precision(self):
+        """The strategy's precision object."""
         return self._strategy.precision
 
     @property
     def registry(self):
+        """This Fabric's registry of names (strategies, accelerators, loggers, ...)."""
         return self._registry
 
     @property
     def plugin_manager(self):
+        """This Fabric's pluggy manager (built-ins, discovered and explicit plugins)."""
         return self._plugin_set.manager
 
     @property
     def device(self) -> torch.device:
+        """The device this process computes on."""
         return self._strategy.root_device
 
     @property
     def global_rank(self) -> int:
+        """This process's index in the job."""
         return self._strategy.global_rank
 
     @property
     def local_rank(self) -> int:
+        """This process's index on its node."""
         return self._strategy.local_rank
 
     @property
     def node_rank(self) -> int:
+        """This process's node index."""
         return self._strategy.node_rank
 
     @property
     def world_size(self) -> int:
+        """How many processes train together."""
         return self._strategy.world_size
 
     @property
     def is_global_zero(self) -> bool:
+        """True in the one process that should write files and print."""
         return self._strategy.is_global_zero
 
     @property
@@ -187,21 +207,25 @@ class Fabric(RebuildsInWorkers):
         return fabric_module, [FabricOptimizer(opt, self._strategy) for opt in optimizers], schedulers
 
     def setup_module(self, module: nn.Module, move_to_device: bool = True) -> FabricModule:
+        """Prepare one model (precision, device, wrapping); call its returned wrapper in place of it."""
         if isinstance(module, FabricModule):
             raise FulmenConfigError("this module was already set up; call setup() once per module")
         forward_module = self._strategy.setup_module(module) if move_to_device else module
         return FabricModule(forward_module, self._strategy, original_module=module)
 
     def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> FabricOptimizer:
+        """Prepare one optimizer built on an already set up model's parameters."""
         if isinstance(optimizer, FabricOptimizer):
             raise FulmenConfigError("this optimizer was already set up; call setup() once per optimizer")
         return FabricOptimizer(self._strategy.setup_optimizer(optimizer), self._strategy)
 
     def setup_optimizers(self, *optimizers: torch.optim.Optimizer):
+        """Prepare several optimizers; returns one or a tuple."""
         wrapped = [self.setup_optimizer(opt) for opt in optimizers]
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
 
     def setup_dataloaders(self, *dataloaders: Any, use_distributed_sampler: bool = True, move_to_device: bool = True):
+        """Give each process its share of the data, move batches to the device, and make the loaders' position checkpointable."""
         wrapped = [self._setup_dataloader(dl, use_distributed_sampler, move_to_device) for dl in dataloaders]
         return wrapped[0] if len(wrapped) == 1 else wrapped
 
@@ -215,12 +239,14 @@ class Fabric(RebuildsInWorkers):
         return DeviceDataLoader(make_resumable(dataloader), self._strategy, move_to_device)
 
     def to_device(self, obj: Any) -> Any:
+        """Move a module or a (nested) batch to this process's device."""
         if isinstance(obj, nn.Module):
             return obj.to(self.device)
         return move_data_to_device(obj, self.device, self.accelerator.non_blocking_copies)
 
     # ------------------------------------------------------------------ training verbs
     def backward(self, tensor: torch.Tensor, *args: Any, model: Optional[nn.Module] = None, **kwargs: Any) -> None:
+        """Use instead of ``loss.backward()``: precision (loss scaling) and strategy (an engine's backward) take part."""
         module = model.module if isinstance(model, FabricModule) else model
         self._strategy.backward(tensor, module, *args, **kwargs)
 
@@ -233,6 +259,8 @@ class Fabric(RebuildsInWorkers):
         norm_type: float = 2.0,
         error_if_nonfinite: bool = True,
     ) -> Optional[torch.Tensor]:
+        """Clip gradients by value (``clip_val``) or by total norm (``max_norm``, returned)
+        through the strategy, which knows sharded gradients and loss scales."""
         if (clip_val is None) == (max_norm is None):
             raise FulmenConfigError("clip_gradients needs exactly one of clip_val= (by value) or max_norm= (by norm)")
         raw_optimizer = optimizer.optimizer if isinstance(optimizer, FabricOptimizer) else optimizer
@@ -243,6 +271,7 @@ class Fabric(RebuildsInWorkers):
         return None
 
     def autocast(self) -> ContextManager:
+        """The precision's forward context, for code that runs outside the set-up model's forward."""
         return self._strategy.precision.forward_context()
 
     def no_backward_sync(self, module: nn.Module, enabled: bool = True) -> ContextManager:
@@ -254,19 +283,23 @@ class Fabric(RebuildsInWorkers):
 
     # ------------------------------------------------------------------ collectives
     def all_reduce(self, data: Any, reduce_op: str = "mean") -> Any:
+        """Combine tensors (nested too) across processes: ``mean``, ``sum``, ``max``, ``min``."""
         from fulmen.utilities.apply import apply_to_tensors
 
         return apply_to_tensors(_to_tensor(data, self.device), lambda t: self._strategy.all_reduce(t, reduce_op))
 
     def all_gather(self, data: Any, sync_grads: bool = False) -> Any:
+        """Every process's tensors, stacked along a new first dimension."""
         from fulmen.utilities.apply import apply_to_tensors
 
         return apply_to_tensors(_to_tensor(data, self.device), lambda t: self._strategy.all_gather(t, sync_grads))
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
+        """Rank ``src``'s picklable object on every process."""
         return self._strategy.broadcast(obj, src)
 
     def barrier(self, name: Optional[str] = None) -> None:
+        """Wait until every process arrives here."""
         self._strategy.barrier(name)
 
     # ------------------------------------------------------------------ checkpoints
@@ -332,6 +365,7 @@ class Fabric(RebuildsInWorkers):
         self._callback_relay.call(hook_name, args, kwargs)
 
     def seed_everything(self, seed: Optional[int] = None, workers: bool = False) -> int:
+        """Seed Python, NumPy and torch (and dataloader workers with ``workers=True``); returns the seed."""
         return _seed_everything(seed, workers=workers)
 
 

@@ -36,6 +36,43 @@ from fulmen.trainer.setup_helpers import build_callbacks, build_loggers, parse_f
 
 
 class Trainer(TrainerProperties, RebuildsInWorkers):
+    """Runs a ``fulmen.Module``'s fit, validate, test and predict loops, and everything
+    around them: devices, distributed strategies, precision, checkpoints, logging, callbacks.
+
+    The arguments and their defaults are Lightning's. The ones that choose hardware
+    (``accelerator``, ``strategy``, ``devices``, ``num_nodes``, ``precision``, ``plugins``)
+    are resolved by name through the plugin registry, so a name registered by an installed
+    plugin package works like a built-in one (``fulmen plugins`` lists them).
+
+    Args:
+        accelerator: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``, a plugin's name or an ``Accelerator``.
+        strategy: ``"auto"``, ``"ddp"``, ``"ddp_spawn"``, ``"ddp_fork"``, a plugin's name (``"fsdp"``) or a ``Strategy``.
+        devices: how many (``2``), which (``[0, 2]``, ``"0,2"``), ``-1`` for all, or ``"auto"``.
+        num_nodes: machines taking part; each runs ``devices`` processes.
+        precision: ``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``, ``"bf16-true"``, ``"64-true"`` or a ``Precision``.
+        logger: a logger, a list, a registered name, ``True`` (CSV under ``default_root_dir``) or ``False``.
+        callbacks: callback objects, run in this order for each hook.
+        fast_dev_run: run ``n`` batches (``True``: 1) of each stage, no checkpoints or logs, to find bugs fast.
+        max_epochs, min_epochs, max_steps, min_steps, max_time: when fit stops (``min_*`` hold off an early stop).
+        limit_train_batches, limit_val_batches, limit_test_batches, limit_predict_batches: a fraction or a count of batches per epoch.
+        overfit_batches: train and validate on the same few batches (a fraction or a count).
+        val_check_interval: validate every fraction of an epoch or every ``n`` batches.
+        check_val_every_n_epoch: validate every ``n`` epochs (``None``: count ``val_check_interval`` across epochs).
+        num_sanity_val_steps: validation batches run before training (``-1``: all); catches evaluation bugs early.
+        log_every_n_steps: how often logged values are read from the device and sent to loggers.
+        enable_checkpointing, enable_progress_bar, enable_model_summary: the default callbacks.
+        accumulate_grad_batches: micro-batches per optimizer step.
+        gradient_clip_val, gradient_clip_algorithm: clip by ``"norm"`` (default) or ``"value"``.
+        deterministic: ask torch for deterministic algorithms.
+        detect_anomaly: stop with a clear error when the loss becomes NaN or infinite.
+        inference_mode: evaluate under ``torch.inference_mode`` where the strategy allows (else ``no_grad``).
+        use_distributed_sampler: give each process its share of the data under multi-process strategies.
+        sync_batchnorm: synchronise BatchNorm statistics across processes (strategies that support it).
+        default_root_dir: where logs and checkpoints go when nothing else says.
+        plugins: precision, checkpoint IO or cluster environment objects, hook-implementing objects, or plugin names.
+        allow_plugins, deny_plugins: which discovered plugins this Trainer loads.
+    """
+
     def __init__(
         self,
         accelerator: Any = "auto",
@@ -169,22 +206,28 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
 
     # ------------------------------------------------------------------ entry points
     def fit(self, model, train_dataloaders=None, val_dataloaders=None, datamodule=None, ckpt_path=None) -> None:
+        """Train ``model``. Data comes from the dataloaders given, a ``datamodule`` or the
+        module's own ``*_dataloader()`` methods. ``ckpt_path`` resumes exactly where a
+        checkpoint left off: a path, ``"last"`` (the newest good one) or ``"best"``."""
         if self._spawns():
             return spawn.run(self, "fit", model, dict(train_dataloaders=train_dataloaders, val_dataloaders=val_dataloaders, datamodule=datamodule, ckpt_path=ckpt_path))
         self._resume_from = ckpt_path
         self._run("fit", model, datamodule, lambda: self._fit(train_dataloaders, val_dataloaders))
 
     def validate(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = True, datamodule=None):
+        """Run the validation loop once; returns one dict of logged metrics per dataloader."""
         if self._spawns():
             return spawn.run(self, "validate", model, dict(dataloaders=dataloaders, ckpt_path=ckpt_path, verbose=verbose, datamodule=datamodule))
         return self._run("validate", model, datamodule, lambda: self._evaluate("validate", dataloaders, ckpt_path, verbose))
 
     def test(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = True, datamodule=None):
+        """Run the test loop once; returns one dict of logged metrics per dataloader."""
         if self._spawns():
             return spawn.run(self, "test", model, dict(dataloaders=dataloaders, ckpt_path=ckpt_path, verbose=verbose, datamodule=datamodule))
         return self._run("test", model, datamodule, lambda: self._evaluate("test", dataloaders, ckpt_path, verbose))
 
     def predict(self, model=None, dataloaders=None, datamodule=None, ckpt_path=None):
+        """Run ``predict_step`` over the data; returns its outputs (a list per dataloader when several)."""
         if self._spawns():
             return spawn.run(self, "predict", model, dict(dataloaders=dataloaders, datamodule=datamodule, ckpt_path=ckpt_path))
         return self._run("predict", model, datamodule, lambda: self._evaluate("predict", dataloaders, ckpt_path, False))
@@ -492,6 +535,8 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, filepath: Union[str, os.PathLike], weights_only: bool = False, storage_options: Any = None) -> None:
+        """Write a checkpoint of the current state through the strategy (atomically, with a
+        checksum); ``weights_only`` leaves out what only a resume needs. Call it on every rank."""
         if self.module is None:
             raise FulmenConfigError("save_checkpoint needs a model; call fit/validate first")
         checkpoint = ckpt.dump_checkpoint(self, weights_only=weights_only)
@@ -499,6 +544,7 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
         self.strategy.barrier("save_checkpoint")
 
     def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on rank zero only, so a multi-process run prints each line once."""
         if self.is_global_zero:
             print(*args, **kwargs)
 

@@ -76,7 +76,7 @@ from fulmen_loggers._records import (
     read_json,
     write_text_atomic,
 )
-from fulmen_loggers._sink import DeliveryOptions, Sink, describe
+from fulmen_loggers._sink import DeliveryOptions, Sink, describe, load_sink_factory
 from fulmen_loggers._spool import Spool
 
 _live: "collections.OrderedDict[int, Dispatcher]" = collections.OrderedDict()
@@ -109,6 +109,12 @@ def _register(dispatcher: "Dispatcher") -> None:
 def _unregister(dispatcher: "Dispatcher") -> None:
     with _live_lock:
         _live.pop(id(dispatcher), None)
+
+
+def _read_ledger(directory: Path) -> Dict[str, float]:
+    """``delivered.json``: the highest step delivered per metric, as earlier processes left it."""
+    ledger = read_json(directory / LEDGER_FILE, {})
+    return {str(k): float(v) for k, v in ledger.items()} if isinstance(ledger, dict) else {}
 
 
 class Dispatcher:
@@ -190,8 +196,7 @@ class Dispatcher:
         self.meta = meta
         self.identity = dict(meta["identity"])
         write_text_atomic(self.directory / META_FILE, json.dumps(meta, indent=2, sort_keys=True, default=str))
-        ledger = read_json(self.directory / LEDGER_FILE, {})
-        self._hw = {str(k): float(v) for k, v in ledger.items()} if isinstance(ledger, dict) else {}
+        self._hw = _read_ledger(self.directory)
         if self.spool.pending_count():
             self._reconcile = True  # an earlier process may have died in the middle of a call
         if self.resume_step is not None:
@@ -338,12 +343,8 @@ class Dispatcher:
     @classmethod
     def for_replay(cls, directory: Path, meta: Dict[str, Any], options: DeliveryOptions) -> "Dispatcher":
         """A dispatcher that only drains an existing spool, on the calling thread."""
-        module_name, _, attr = str(meta["sink"]).partition(":")
-        import importlib
-
-        make_sink = getattr(importlib.import_module(module_name), attr)
         dispatcher = cls(
-            make_sink,
+            load_sink_factory(str(meta["sink"])),
             directory,
             str(meta.get("label") or meta.get("backend")),
             options,
@@ -351,8 +352,7 @@ class Dispatcher:
         )
         dispatcher.meta = {**meta, "replaying": True}
         dispatcher.identity = dict(meta.get("identity") or {})
-        ledger = read_json(directory / LEDGER_FILE, {})
-        dispatcher._hw = {str(k): float(v) for k, v in ledger.items()} if isinstance(ledger, dict) else {}
+        dispatcher._hw = _read_ledger(directory)
         return dispatcher
 
     def replay(self, timeout: float) -> Tuple[int, int]:
@@ -380,11 +380,7 @@ class Dispatcher:
                 time.sleep(max(0.0, min(self._next_try - now, deadline - now)))
         finally:
             self._save_ledger()
-            if self._sink is not None:
-                try:
-                    self._sink.close()
-                except Exception as exc:
-                    log.warning("%s: closing the client failed: %s", self.label, describe(exc))
+            self._close_sink()
             self.spool.close()
         return self.stats["delivered"], self.spool.pending_count()
 
@@ -420,11 +416,7 @@ class Dispatcher:
             self.persist()
         finally:
             self._save_ledger()
-            if self._sink is not None:
-                try:
-                    self._sink.close()
-                except Exception as exc:
-                    log.warning("%s: closing the client failed: %s", self.label, describe(exc))
+            self._close_sink()
             self._unlock_directory()
             with self._cv:
                 self._finished = True
@@ -717,6 +709,13 @@ class Dispatcher:
             self._hw_dirty = False
         except OSError as exc:
             log.warning("%s: cannot write %s: %s", self.label, LEDGER_FILE, describe(exc))
+
+    def _close_sink(self) -> None:
+        if self._sink is not None:
+            try:
+                self._sink.close()
+            except Exception as exc:
+                log.warning("%s: closing the client failed: %s", self.label, describe(exc))
 
     def _failed(self, exc: BaseException, doing: str) -> None:
         self.stats["failures"] += 1

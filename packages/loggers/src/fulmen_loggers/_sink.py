@@ -3,7 +3,7 @@ the engine (queue size, batching, retry backoff, how long closing may wait)."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from fulmen_loggers._records import Record
 
@@ -52,6 +52,14 @@ def describe(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def load_sink_factory(spec: str) -> Callable[[Dict[str, Any]], Sink]:
+    """The ``"module:function"`` a logger names in ``SINK`` (and ``meta.json`` keeps), imported:
+    a name rather than the function itself, so that ``fulmen loggers replay`` can rebuild
+    the client of a run whose process is gone, and importing a logger imports no backend."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
 
 
 class DeliveryOptions:

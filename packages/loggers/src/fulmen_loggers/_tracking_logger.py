@@ -13,7 +13,6 @@ thread; the methods the Trainer calls only build records. Making hyperparameters
 from __future__ import annotations
 
 import os
-import re
 import threading
 import warnings
 from pathlib import Path
@@ -35,7 +34,7 @@ from fulmen_loggers._records import (
     FulmenLoggerWarning,
     read_json,
 )
-from fulmen_loggers._sink import DeliveryOptions
+from fulmen_loggers._sink import DeliveryOptions, load_sink_factory
 from fulmen_loggers._spool import Spool
 
 
@@ -53,24 +52,18 @@ class TrackingLogger(Logger):
     BACKEND = "backend"
     SINK = ""  # "module:function" building the Sink from meta.json's settings
     WRITE_AHEAD = False  # journal every record before sending (backends that buffer in memory)
-    _NAME_OK = re.compile(r".*")
 
     def __init__(
         self,
         save_dir: Union[str, os.PathLike, None],
         log_model: Any = False,
         prefix: str = "",
-        queue_size: int = 10_000,
-        max_batch: int = 1_000,
-        flush_interval: float = 1.0,
-        retry_initial: float = 0.5,
-        retry_max: float = 30.0,
-        close_timeout: float = 30.0,
+        **delivery: Any,
     ) -> None:
         self._save_dir = Path(save_dir) if save_dir is not None else Path(".")
         self._log_model = parse_log_model(log_model)
         self._prefix = prefix
-        self._options = DeliveryOptions(queue_size, max_batch, flush_interval, retry_initial, retry_max, close_timeout)
+        self._options = DeliveryOptions(**delivery)  # its arguments and defaults, in one place
         self._dispatcher: Optional[Dispatcher] = None
         self._start_lock = threading.Lock()
         self._resume_step: Optional[int] = None
@@ -146,7 +139,7 @@ class TrackingLogger(Logger):
                 if self._restored_identity:
                     settings["restored_identity"] = dict(self._restored_identity)
                 dispatcher = Dispatcher(
-                    _import(self.SINK),
+                    load_sink_factory(self.SINK),
                     self.delivery_dir,
                     self.LABEL,
                     self._options,
@@ -327,13 +320,6 @@ class TrackingLogger(Logger):
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._start_lock = threading.Lock()
-
-
-def _import(path: str):
-    import importlib
-
-    module_name, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
 
 
 __all__ = ["TrackingLogger", "is_global_zero"]

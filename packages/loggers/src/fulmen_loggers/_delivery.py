@@ -180,6 +180,9 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ training thread
     def start(self) -> None:
+        """Open the run directory as a new generation (``meta.json``, the ledger, a rewind record
+        when a checkpoint resumed the run) and start the delivery thread; called once, when the
+        logger has its first record."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self._gen = self._next_generation()
         meta = read_json(self.directory / META_FILE, {})
@@ -267,6 +270,7 @@ class Dispatcher:
             self._cv.notify_all()
 
     def request_flush(self) -> None:
+        """Ask the delivery thread to send what is buffered now, not at the end of its batch interval; does not wait."""
         with self._cv:
             self._flush_requested = True
             self._cv.notify_all()
@@ -337,6 +341,7 @@ class Dispatcher:
 
     @property
     def is_alive(self) -> bool:
+        """Whether the delivery thread runs (false before ``start`` and once it finished)."""
         return self._thread is not None and self._thread.is_alive()
 
     # ------------------------------------------------------------------ replay command

@@ -30,6 +30,7 @@ def try_lock(directory: Path, wait: float = 0.0) -> Optional[int]:
 
 
 def unlock(fd: int) -> None:
+    """Release a lock :func:`try_lock` took, and close its descriptor."""
     try:
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:

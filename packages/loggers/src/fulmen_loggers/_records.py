@@ -54,17 +54,22 @@ class Record:
 
     @property
     def seq(self) -> Seq:
+        """``(generation, n)``: the order in which records reach the backend, across processes."""
         return (self.gen, self.n)
 
     def with_data(self, data: Any) -> "Record":
+        """The same record with other data (a resumed run's metrics less those already delivered),
+        under the same sequence number, so that its acknowledgement still matches."""
         return Record(self.gen, self.n, self.kind, self.step, self.ts, data)
 
     def to_line(self) -> str:
+        """The record as one line of the spool, newline included."""
         obj = {"g": self.gen, "n": self.n, "k": self.kind, "s": self.step, "t": self.ts, "d": self.data}
         return json.dumps(obj, separators=(",", ":"), default=str) + "\n"
 
     @classmethod
     def from_obj(cls, obj: Dict[str, Any]) -> "Record":
+        """A record back from a parsed spool line (the inverse of :meth:`to_line`)."""
         return cls(int(obj["g"]), int(obj["n"]), str(obj["k"]), obj.get("s"), int(obj.get("t") or 0), obj.get("d"))
 
     def __repr__(self) -> str:
@@ -72,6 +77,7 @@ class Record:
 
 
 def now_ms() -> int:
+    """Wall-clock time in milliseconds: the timestamp stored with each record and sent with each value."""
     return int(time.time() * 1000)
 
 
@@ -85,6 +91,8 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def read_json(path: Path, default: Any) -> Any:
+    """``path`` parsed, or ``default`` when it is missing or damaged: bookkeeping left by a process
+    that died must never stop a run or a replay."""
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)

@@ -23,13 +23,18 @@ class Sink:
     rewinds_on_resume = False
 
     def open(self, resume_step: Optional[int]) -> Dict[str, Any]:
+        """Create or continue the backend run and return what identifies it. Runs on the delivery
+        thread, again after a failure; ``resume_step`` is set when a checkpoint resumed the run."""
         return {}
 
     def chunks(self, records: List[Record]) -> Iterator[List[Record]]:
+        """The records grouped into backend calls, in order (one ``send`` each); by default one record a call."""
         for record in records:
             yield [record]
 
     def send(self, chunk: List[Record]) -> None:
+        """Deliver one chunk; raise if any of it may not have arrived: it is retried, or kept in
+        ``rejected.jsonl`` when :meth:`is_permanent` says retrying cannot help."""
         raise NotImplementedError
 
     def latest_metrics(self) -> Optional[Dict[str, Tuple[float, int]]]:
@@ -43,10 +48,13 @@ class Sink:
         return False
 
     def close(self) -> None:
+        """Release the client: the delivery thread ends, or a replay is done."""
         pass
 
 
 def describe(exc: BaseException) -> str:
+    """An exception as one line of at most 300 characters, for warnings and ``last_error``
+    (backend errors can carry whole HTML pages or tracebacks)."""
     text = f"{type(exc).__name__}: {exc}".strip()
     text = " ".join(text.split())
     return text if len(text) <= 300 else text[:297] + "..."

@@ -41,6 +41,8 @@ class Spool:
         self.last_read_size = 0
 
     def append(self, records: Iterable[Record]) -> int:
+        """Add records at the end of the file and flush them to the OS (no fsync: a killed process
+        loses nothing, only a crashed machine might); return how many."""
         records = list(records)
         text = "".join(r.to_line() for r in records)
         if not text:
@@ -58,12 +60,14 @@ class Spool:
         return len(records)
 
     def ack(self) -> Seq:
+        """The highest sequence number delivered (``spool.ack``, read once and then cached)."""
         if self._ack is None:
             value = read_json(self.ack_path, None)
             self._ack = (int(value[0]), int(value[1])) if isinstance(value, list) and len(value) == 2 else (0, 0)
         return self._ack
 
     def write_ack(self, seq: Seq) -> None:
+        """Note that everything up to ``seq`` was delivered; the acknowledgement never moves back."""
         if seq <= self.ack():
             return
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -125,6 +129,7 @@ class Spool:
         return self.ordered(records, ack), highest, self.last_read_size
 
     def pending_count(self) -> int:
+        """How many records still wait for delivery (reads the file)."""
         return len(self.pending()[0]) if self.path.exists() else 0
 
     def truncate_if_unchanged(self, size: int) -> bool:
@@ -145,6 +150,7 @@ class Spool:
             return True
 
     def close(self) -> None:
+        """Flush, fsync and close the file: the process may end next, and the records must outlive it."""
         with self._lock:
             if self._handle is not None:
                 try:

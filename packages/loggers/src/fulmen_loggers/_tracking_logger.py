@@ -46,7 +46,11 @@ def is_global_zero() -> bool:
 
 
 class TrackingLogger(Logger):
-    """Base of :class:`MLflowLogger`, :class:`WandbLogger` and :class:`TensorBoardLogger`."""
+    """Base of :class:`MLflowLogger`, :class:`WandbLogger` and :class:`TensorBoardLogger`.
+
+    ``delivery`` takes :class:`~fulmen_loggers._sink.DeliveryOptions`' arguments (queue size,
+    batching, retry backoff, close timeout); its defaults are the only ones.
+    """
 
     LABEL = "backend"
     BACKEND = "backend"
@@ -78,6 +82,7 @@ class TrackingLogger(Logger):
     # ------------------------------------------------------------------ identity
     @property
     def save_dir(self) -> str:
+        """The local root given at construction (the Trainer passes ``default_root_dir``)."""
         return str(self._save_dir)
 
     def _root_dir(self) -> Path:
@@ -98,6 +103,8 @@ class TrackingLogger(Logger):
 
     @property
     def log_dir(self) -> str:
+        """This run's directory, ``<root>/version_N`` (or the version's own folder name): the
+        delivery directory lives in it and, for the Trainer's first logger, the checkpoints."""
         version = self.version
         folder = version if isinstance(version, str) else f"version_{version}"
         return str(self._root_dir() / folder)
@@ -109,6 +116,7 @@ class TrackingLogger(Logger):
 
     @property
     def spool_path(self) -> Path:
+        """This run's spool file, whether or not anything was spooled yet."""
         return self.delivery_dir / SPOOL_FILE
 
     @property
@@ -175,6 +183,10 @@ class TrackingLogger(Logger):
         return name
 
     def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
+        """Queue ``metrics`` at ``step`` for the delivery thread (rank zero only); never waits.
+
+        Without a step, steps count on from the last one. A name gets the prefix and the backend's
+        renaming once, on first use; a value that is not a number is skipped with a warning."""
         if not metrics or not is_global_zero():
             return
         if step is None:
@@ -201,6 +213,8 @@ class TrackingLogger(Logger):
             self._start().submit(METRICS, data, int(step))
 
     def log_hyperparams(self, params: Any) -> None:
+        """Queue the hyperparameters, flat and nested (see :mod:`~fulmen_loggers._hyperparams`),
+        once: the same values again, or after a resume whose run already has them, send nothing."""
         if not is_global_zero():
             return
         items = mapping_items(params)
@@ -271,10 +285,13 @@ class TrackingLogger(Logger):
         return self._last_remaining
 
     def log_graph(self, model: Any, input_array: Any = None) -> None:
+        """Nothing to draw for most backends (TensorBoard overrides this)."""
         pass
 
     # ------------------------------------------------------------------ resume / ranks
     def state_dict(self) -> Dict[str, Any]:
+        """What a checkpoint keeps so that resuming continues this backend run: the local
+        version, the run's identity, the hyperparameters' digest and the best checkpoint so far."""
         return {
             "version": self.version,
             "identity": self.identity,
@@ -299,6 +316,8 @@ class TrackingLogger(Logger):
         self._version = version
 
     def synchronize(self, strategy: Any) -> None:
+        """Give every rank rank zero's version (and a subclass's extra identity), collectively:
+        all ranks must name the same run directory, though only rank zero writes to it."""
         payload = (self.version, self._sync_extra()) if strategy.is_global_zero else None
         version, extra = strategy.broadcast(payload)
         self._set_version(version)

@@ -124,20 +124,24 @@ class MLflowLogger(TrackingLogger):
 
     @property
     def name(self) -> str:
+        """The experiment's name (``experiment_<id>`` when only an experiment id was given)."""
         return self._experiment_name or f"experiment_{self._experiment_id}"
 
     @property
     def version(self) -> Any:
+        """The local run folder's name: the given run id, else the next free ``version_N``."""
         if self._version is None:
             self._version = self._next_version()
         return self._version
 
     @property
     def experiment_name(self) -> Optional[str]:
+        """The experiment name resolved at construction; None when only an id was given."""
         return self._experiment_name
 
     @property
     def tracking_uri(self) -> str:
+        """Where the client sends its calls: the argument, ``$MLFLOW_TRACKING_URI`` or the local sqlite store."""
         return self._tracking_uri
 
     @property
@@ -196,6 +200,8 @@ def configure_http(settings: Dict[str, Any]) -> None:
 
 
 class MLflowSink(Sink):
+    """The MLflow side of :class:`MLflowLogger`: an ``MlflowClient`` built from ``meta.json`` on
+    the delivery thread (or by ``fulmen loggers replay``), so MLflow is imported only there."""
     label = "MLflow"
 
     def __init__(self, meta: Dict[str, Any]) -> None:
@@ -229,6 +235,8 @@ class MLflowSink(Sink):
             return experiment.experiment_id
 
     def open(self, resume_step: Optional[int]) -> Dict[str, Any]:
+        """Continue the known run (running again, unless this is a replay), else the run an
+        earlier ``create_run`` of this run directory made, else create one tagged with the run key."""
         if self.run_id:
             run = self.client.get_run(self.run_id)
             if run.info.status != "RUNNING" and not self.replaying:  # a resumed or continued run
@@ -271,6 +279,8 @@ class MLflowSink(Sink):
 
     # ------------------------------------------------------------------ records
     def chunks(self, records: List[Record]) -> Iterator[List[Record]]:
+        """Metrics and params in ``log_batch``-sized groups (MLflow's per-call limits); an
+        artifact and the run's end each go alone."""
         chunk: List[Record] = []
         n_metrics = n_params = 0
         for record in records:
@@ -292,6 +302,7 @@ class MLflowSink(Sink):
             yield chunk
 
     def send(self, chunk: List[Record]) -> None:
+        """One ``log_batch``, one checkpoint upload, or the run's end with its status."""
         kind = chunk[0].kind
         if kind in (METRICS, PARAMS):
             self._log_batch(chunk)
@@ -331,6 +342,8 @@ class MLflowSink(Sink):
         release_staged(data)
 
     def is_permanent(self, exc: BaseException) -> bool:
+        """Refusals MLflow would repeat (bad values, a run that does not exist) and checkpoints that
+        vanished; anything else, network errors included, is retried."""
         if isinstance(exc, MissingArtifact):
             return True
         code = getattr(exc, "error_code", None)
@@ -338,4 +351,5 @@ class MLflowSink(Sink):
 
 
 def build_sink(meta: Dict[str, Any]) -> MLflowSink:
+    """The ``SINK`` of :class:`MLflowLogger`: its sink from a ``meta.json``."""
     return MLflowSink(meta)

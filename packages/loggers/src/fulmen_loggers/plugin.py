@@ -75,12 +75,15 @@ def _factory(name: str):
 
 @hookimpl
 def register_loggers(register):
+    """Register ``mlflow``, ``wandb`` and ``tensorboard`` as logger names, installed or not
+    (see the module docstring for why)."""
     for name, (_, _, _, _, description) in BACKENDS.items():
         register(name, _factory(name), description)
 
 
 @hookimpl
 def register_cli_commands(register):
+    """Add ``fulmen loggers`` (its ``replay`` subcommand) to the ``fulmen`` command."""
     from fulmen_loggers.replay import configure_cli
 
     register("loggers", configure_cli, "fulmen-loggers tools (replay records a run could not deliver)")

@@ -26,6 +26,7 @@ from fulmen_loggers._sink import DeliveryOptions
 
 @dataclass
 class ReplayResult:
+    """What replaying one run directory did: one line of the command's report, or one ``--json`` entry."""
     run_dir: str
     backend: str
     status: str  # "delivered", "nothing to send", "incomplete", "busy", "unreadable"
@@ -48,6 +49,9 @@ def find_delivery_dirs(path: Union[str, Path]) -> List[Path]:
 
 
 def replay_dir(directory: Path, timeout: float = 60.0, retry_max: float = 5.0) -> ReplayResult:
+    """Replay one delivery directory unless a live process holds its lock: rebuild the sink from
+    ``meta.json``, drain the spool for up to ``timeout`` seconds (retries back off to ``retry_max`` seconds
+    apart), and say what is left."""
     meta = read_json(directory / META_FILE, None)
     run_dir = str(directory.parent)
     if not isinstance(meta, dict) or not meta.get("sink"):
@@ -86,6 +90,7 @@ def replay(path: Union[str, Path], timeout: float = 60.0) -> List[ReplayResult]:
 
 
 def configure_cli(parser) -> None:
+    """Build ``fulmen loggers``' subcommands on ``parser`` (the ``fulmen`` command calls this)."""
     sub = parser.add_subparsers(dest="loggers_command", metavar="COMMAND")
     cmd = sub.add_parser(
         "replay",

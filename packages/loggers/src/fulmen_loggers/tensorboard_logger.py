@@ -64,10 +64,12 @@ class TensorBoardLogger(TrackingLogger):
 
     @property
     def name(self) -> str:
+        """The experiment folder below ``save_dir`` (``""`` for none)."""
         return self._name
 
     @property
     def version(self) -> Union[int, str]:
+        """The version folder's number or name: as given, else the next free ``version_N``."""
         if self._version is None:
             self._version = self._next_version()
         return self._version
@@ -77,6 +79,7 @@ class TensorBoardLogger(TrackingLogger):
 
     @property
     def log_dir(self) -> str:
+        """Where the event files go: the version folder, and ``sub_dir`` below it if given."""
         base = super().log_dir
         return str(Path(base) / self._sub_dir) if self._sub_dir else base
 
@@ -88,6 +91,7 @@ class TensorBoardLogger(TrackingLogger):
         }
 
     def log_checkpoint(self, path: str, aliases: Optional[List[str]] = None) -> None:
+        """TensorBoard has no artifact store: checkpoints are not uploaded."""
         pass
 
     def log_graph(self, model: Any, input_array: Any = None) -> None:
@@ -139,6 +143,7 @@ def _to_device(value: Any, device: Any) -> Any:
 
 
 class TensorBoardSink(Sink):
+    """Writes the event files through one ``SummaryWriter``, on the delivery thread only."""
     label = "TensorBoard"
     rewinds_on_resume = True
 
@@ -148,6 +153,8 @@ class TensorBoardSink(Sink):
         self.hparams: Optional[Dict[str, Any]] = None
 
     def open(self, resume_step: Optional[int]) -> Dict[str, Any]:
+        """A ``SummaryWriter`` on the run's folder. A resumed run purges the events after its
+        checkpoint step: the dead process wrote them, and the resumed one writes those steps again."""
         from torch.utils.tensorboard import SummaryWriter
 
         log_dir = self.settings["log_dir"]
@@ -160,6 +167,7 @@ class TensorBoardSink(Sink):
         return {"log_dir": log_dir}
 
     def chunks(self, records: List[Record]) -> Iterator[List[Record]]:
+        """Records in order, a chunk (one write, one flush) closing at 1,000 records or at any non-metric record."""
         chunk: List[Record] = []
         for record in records:
             chunk.append(record)
@@ -170,6 +178,8 @@ class TensorBoardSink(Sink):
             yield chunk
 
     def send(self, chunk: List[Record]) -> None:
+        """Scalars, hyperparameters (the HParams plugin's session start), the model graph, and at
+        the end the HParams summary naming the run's metrics with how the run ended; then flush."""
         writer = self.writer
         for record in chunk:
             if record.kind == METRICS:
@@ -203,6 +213,7 @@ class TensorBoardSink(Sink):
         writer.flush()
 
     def close(self) -> None:
+        """Flush and close the writer."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None
@@ -227,4 +238,5 @@ def _session_end(summary, status):
 
 
 def build_sink(meta: Dict[str, Any]) -> TensorBoardSink:
+    """The ``SINK`` of :class:`TensorBoardLogger`: its sink from a ``meta.json``."""
     return TensorBoardSink(meta)

@@ -30,6 +30,8 @@ _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 def generate_id(length: int = 8) -> str:
+    """A new run id in W&B's style (8 characters of ``[0-9a-z]``), chosen here so that the run
+    directory has its name before ``wandb.init`` ever ran."""
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
 
 
@@ -102,20 +104,24 @@ class WandbLogger(TrackingLogger):
 
     @property
     def name(self) -> str:
+        """The W&B project (the folder the run directories sit in)."""
         return self._project
 
     @property
     def version(self) -> str:
+        """The run id: as given, ``$WANDB_RUN_ID``, or a new one chosen on first use."""
         if self._version is None:
             self._version = generate_id()
         return self._version
 
     @property
     def id(self) -> str:
+        """The run id, the same as :attr:`version`."""
         return self.version
 
     @property
     def project(self) -> str:
+        """The W&B project the run belongs to."""
         return self._project
 
     def _root_dir(self) -> Path:
@@ -123,6 +129,8 @@ class WandbLogger(TrackingLogger):
 
     @property
     def log_dir(self) -> str:
+        """The run directory ``<save_dir>/wandb/<project>/<id>``: spool, checkpoints, and wandb's own
+        files unless ``dir`` or ``$WANDB_DIR`` says otherwise."""
         return str(self._root_dir() / str(self.version))
 
     def _settings(self) -> Dict[str, Any]:
@@ -148,6 +156,7 @@ class WandbLogger(TrackingLogger):
 
 
 class WandbSink(Sink):
+    """Drives one ``wandb`` run from the delivery thread: ``wandb.init``, ``run.log``, artifacts, ``finish``."""
     label = "W&B"
 
     def __init__(self, meta: Dict[str, Any]) -> None:
@@ -155,6 +164,8 @@ class WandbSink(Sink):
         self.run = None
 
     def open(self, resume_step: Optional[int]) -> Dict[str, Any]:
+        """``wandb.init`` with the logger's settings (resume ``"allow"`` continues the run if it
+        exists); each logger gets its own run, even several in one process."""
         import wandb
 
         s = self.settings
@@ -183,6 +194,7 @@ class WandbSink(Sink):
         return {"id": self.run.id, "project": self.run.project, "dir": str(self.run.dir)}
 
     def chunks(self, records: List[Record]) -> Iterator[List[Record]]:
+        """Metrics and config in groups of up to 1,000 records; an artifact and the run's end each go alone."""
         chunk: List[Record] = []
         for record in records:
             if record.kind in (METRICS, PARAMS):
@@ -199,6 +211,8 @@ class WandbSink(Sink):
             yield chunk
 
     def send(self, chunk: List[Record]) -> None:
+        """History rows at their step, config updates, checkpoint artifacts, and ``finish`` at the
+        end (the run must be opened again before anything else is sent)."""
         if self.run is None:
             raise RuntimeError("the W&B run is finished; reopen it")
         for record in chunk:
@@ -231,6 +245,7 @@ class WandbSink(Sink):
         release_staged(data)
 
     def is_permanent(self, exc: BaseException) -> bool:
+        """Checkpoints that vanished, and the TypeError/ValueError wandb raises for values it will never take."""
         return isinstance(exc, (MissingArtifact, TypeError, ValueError))
 
     def latest_metrics(self) -> Optional[Dict[str, Tuple[float, int]]]:
@@ -262,10 +277,12 @@ class WandbSink(Sink):
         return latest
 
     def close(self) -> None:
+        """Forget the run; wandb itself finishes an unfinished run at interpreter exit."""
         self.run = None  # wandb finishes an unfinished run itself at interpreter exit
 
 
 def build_sink(meta: Dict[str, Any]) -> WandbSink:
+    """The ``SINK`` of :class:`WandbLogger`: its sink from a ``meta.json``."""
     return WandbSink(meta)
 
 

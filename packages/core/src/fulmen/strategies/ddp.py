@@ -37,6 +37,17 @@ def _timeout(value: Union[timedelta, float, int, None]) -> timedelta:
 
 
 class DDPStrategy(Strategy):
+    """Data parallel: one process per device, gradients all-reduced by
+    ``DistributedDataParallel``; the base class of fulmen's other multi-process strategies
+    (``fulmen-strategy-fsdp`` subclasses it), and the one to subclass for a new one.
+
+    ``start_method``: ``"popen"`` re-runs the user's command for the other local ranks
+    (``ddp``); ``"spawn"``/``"fork"``/``"forkserver"`` start them with torch.multiprocessing.
+    ``timeout`` (or ``FULMEN_DIST_TIMEOUT`` seconds) bounds every collective, so a lost rank
+    ends the job instead of hanging it. Other keyword arguments go to
+    ``DistributedDataParallel``.
+    """
+
     name = "ddp"
 
     def __init__(
@@ -75,6 +86,7 @@ class DDPStrategy(Strategy):
     # ------------------------------------------------------------------ process layout
     @property
     def num_processes(self) -> int:
+        """Processes on this node (one per device)."""
         return len(self.parallel_devices) if self.parallel_devices else 1
 
     @property
@@ -130,6 +142,7 @@ class DDPStrategy(Strategy):
 
     # ------------------------------------------------------------------ setup
     def setup_environment(self) -> None:
+        """Start the other local ranks (first time, ``ddp``), check the layout against the cluster environment, join the process group."""
         self.fill_defaults()
         env = self.cluster_environment
         if isinstance(env, LocalEnvironment):
@@ -185,6 +198,7 @@ class DDPStrategy(Strategy):
         self.sync_batchnorm = True
 
     def setup_module(self, module: nn.Module) -> nn.Module:
+        """Convert for precision, optionally to SyncBatchNorm, move, and wrap in ``DistributedDataParallel``."""
         module = self.precision.convert_module(module)
         if self.sync_batchnorm:
             if self.root_device.type == "cpu":
@@ -198,15 +212,18 @@ class DDPStrategy(Strategy):
         return DistributedDataParallel(module, device_ids=device_ids, **self.ddp_kwargs)
 
     def no_backward_sync(self, module: nn.Module, enabled: bool = True) -> ContextManager:
+        """DDP's ``no_sync()``: accumulation micro-batches skip the all-reduce."""
         if enabled and isinstance(module, DistributedDataParallel):
             return module.no_sync()
         return contextlib.nullcontext()
 
     @property
     def distributed_sampler_kwargs(self) -> Dict[str, int]:
+        """``num_replicas`` and ``rank`` for this process's share of the data."""
         return {"num_replicas": self.world_size, "rank": self.global_rank}
 
     def process_dataloader(self, dataloader: Any) -> Any:
+        """Give the loader a distributed sampler (a resumable one for shuffled data)."""
         from fulmen.dataloading import distribute
 
         return distribute(dataloader, **self.distributed_sampler_kwargs)
@@ -253,6 +270,7 @@ class DDPStrategy(Strategy):
 
     # ------------------------------------------------------------------ state
     def module_state_dict(self, module: nn.Module) -> Dict[str, Any]:
+        """The unwrapped module's state (no ``module.`` prefix from the DDP wrapper)."""
         if isinstance(module, DistributedDataParallel):
             module = module.module
         return module.state_dict()

@@ -186,7 +186,7 @@ class DDPStrategy(Strategy):
         )
         # Leaving with the group alive lets gloo's threads abort the process (SIGABRT) when
         # a peer disconnects first; close it in an orderly way at exit.
-        atexit.register(_destroy_process_group)
+        atexit.register(guards.destroy_process_group)
 
     @property
     def supports_inference_mode(self) -> bool:
@@ -285,26 +285,6 @@ class DDPStrategy(Strategy):
         self._release_process_group(failed=sys.exc_info()[1] is not None)
 
     def _release_process_group(self, failed: bool) -> None:
-        _destroy_process_group(failed=failed)
+        guards.destroy_process_group(failed=failed)
         self._environment_ready = False
 
-
-def _destroy_process_group(failed: Optional[bool] = None) -> None:
-    """Leave the group together: a rank that tears down while a peer still talks to it
-    gets its gloo threads aborted ("terminate called without an active exception")."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    if failed is None:
-        failed = hasattr(sys, "last_value") or hasattr(sys, "last_exc")
-    try:
-        if not failed:
-            if dist.get_backend() == "gloo":
-                dist.monitored_barrier(timeout=timedelta(seconds=EXIT_BARRIER_SECONDS))
-            else:
-                dist.barrier()
-        dist.destroy_process_group()
-    except Exception:  # the job is ending; a peer may already be gone
-        pass
-
-
-EXIT_BARRIER_SECONDS = 30

@@ -3,7 +3,9 @@ failure is reported by rank with its exception.
 
 A rank blocked in a collective cannot notice that a peer died until the process group's
 timeout (30 minutes by default). So the process that launched the others watches them and
-ends the whole job at once, and each child watches its parent.
+ends the whole job at once, and each child watches its parent. Leaving the process group in
+an orderly way (:func:`destroy_process_group`) lives here too: the launchers call it from
+their workers, and they must not import a strategy to do so (the strategy imports them).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import sys
 import threading
 import time
 import traceback
+from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
 ENV_ERROR_DIR = "FULMEN_ERROR_DIR"
 ENV_PARENT_PID = "FULMEN_PARENT_PID"
+EXIT_BARRIER_SECONDS = 30
 _installed = False
 # Launchers of this process that started children; signals are passed on to them.
 ACTIVE_LAUNCHERS: list = []
@@ -104,3 +108,30 @@ def install_child_guards(rank: int) -> None:
                 time.sleep(0.5)
 
         threading.Thread(target=watch_parent, name="fulmen-parent-watch", daemon=True).start()
+
+
+def destroy_process_group(failed: Optional[bool] = None) -> None:
+    """Leave the process group together, then destroy it.
+
+    A rank that tears down while a peer still talks to it gets its gloo threads aborted
+    ("terminate called without an active exception"), so unless the job is failing
+    (``failed``; by default: an uncaught exception was recorded) the ranks meet at a
+    barrier first. A failing rank skips it: its peers may already be gone. Registered with
+    ``atexit`` by the strategy, and called by the multiprocessing launcher's workers, which
+    leave through ``os._exit`` and so skip ``atexit``.
+    """
+    import torch.distributed as dist  # only a job that has a process group pays for this import
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if failed is None:
+        failed = hasattr(sys, "last_value") or hasattr(sys, "last_exc")
+    try:
+        if not failed:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=timedelta(seconds=EXIT_BARRIER_SECONDS))
+            else:
+                dist.barrier()
+        dist.destroy_process_group()
+    except Exception:  # the job is ending; a peer may already be gone
+        pass

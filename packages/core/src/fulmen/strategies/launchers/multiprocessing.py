@@ -27,17 +27,15 @@ def _worker(local_rank: int, function: Callable, args: tuple, kwargs: dict, env:
     node_rank = int(env.get("NODE_RANK", 0))
     os.environ["LOCAL_RANK"] = str(local_rank)
     os.environ["RANK"] = str(node_rank * nproc + local_rank)
-    from fulmen.strategies.ddp import _destroy_process_group
-
     # multiprocessing children leave through os._exit, skipping atexit: close the group
     # here or gloo aborts the process when a peer disconnects first.
     try:
         result = function(*args, **kwargs)
     except BaseException as exc:
         guards.record_exception(node_rank * nproc + local_rank, exc)
-        _destroy_process_group(failed=True)
+        guards.destroy_process_group(failed=True)
         raise
-    _destroy_process_group(failed=False)
+    guards.destroy_process_group(failed=False)
     if local_rank == 0 and node_rank == 0:
         torch.save(result, result_file)
 

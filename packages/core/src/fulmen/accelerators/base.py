@@ -25,10 +25,16 @@ class Accelerator:
 
     @classmethod
     def is_available(cls) -> bool:
+        """Whether this device type can be used in this process (hardware and driver present).
+
+        Called on the class, for every registered accelerator, when a user asks for
+        ``accelerator="auto"``: keep it cheap and never raise where the hardware is absent."""
         return False
 
     @classmethod
     def device_count(cls) -> int:
+        """How many devices of this type this process can see (0 where none); a classmethod,
+        as cheap as :meth:`is_available`."""
         return 0
 
     @classmethod
@@ -44,12 +50,16 @@ class Accelerator:
 
     @classmethod
     def make_device(cls, index: int) -> torch.device:
+        """The ``torch.device`` for device ``index`` of this type; override where devices are not
+        addressed as ``torch.device(device_type, index)``."""
         return torch.device(cls.device_type, index)
 
     def setup_device(self, device: torch.device) -> None:
         """Make ``device`` current for this process (no-op where that means nothing)."""
 
     def teardown(self) -> None:
+        """Release what the accelerator holds once a stage ends (caches, handles); the next stage
+        calls :meth:`setup_device` again."""
         pass
 
     def unsupported_precision_reason(self, precision: Any) -> Optional[str]:

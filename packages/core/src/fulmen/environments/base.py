@@ -10,6 +10,14 @@ from typing import Optional
 
 
 class ClusterEnvironment:
+    """Base class of cluster environments: what the scheduler or launcher that started this
+    process says about the job.
+
+    Subclass it for a scheduler fulmen does not know, set ``name`` and a ``detection_priority``
+    above the generic ones it could be mistaken for, implement :meth:`detect` and the rank
+    methods from the scheduler's variables, and register it with ``register_environments``.
+    Strategies read it to form the process group; it starts nothing itself."""
+
     name: str = ""
     detection_priority: int = 0
 
@@ -25,22 +33,30 @@ class ClusterEnvironment:
 
     @property
     def main_address(self) -> str:
+        """The address of the host of rank 0, where every rank meets to form the process group
+        (``MASTER_ADDR`` for ``torch.distributed``)."""
         return "127.0.0.1"
 
     @property
     def main_port(self) -> int:
+        """The port rank 0 listens on for the rendezvous (``MASTER_PORT``); 0 while none is
+        known yet."""
         return 0
 
     def world_size(self) -> int:
+        """How many processes the whole job has, across all nodes."""
         return 1
 
     def global_rank(self) -> int:
+        """This process's index in the job, ``0 <= global_rank < world_size``; rank 0 writes files."""
         return 0
 
     def local_rank(self) -> int:
+        """This process's index on its node; strategies pick the device with it."""
         return 0
 
     def node_rank(self) -> int:
+        """The index of the node this process runs on."""
         return 0
 
     @classmethod

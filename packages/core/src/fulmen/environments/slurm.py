@@ -36,21 +36,32 @@ def expand_nodelist(nodelist: str) -> List[str]:
 
 
 class SLURMEnvironment(ClusterEnvironment):
+    """Processes started by SLURM's ``srun``, one task per device, detected inside a job step.
+
+    The batch script's own shell and interactive allocations (``salloc`` shells, jobs named
+    ``bash``/``interactive``) are not taken for rank 0 of a step. After a preemption save it
+    requeues the batch job with ``scontrol requeue``."""
+
     name = "slurm"
     detection_priority = 30
 
     @classmethod
     def detect(cls) -> bool:
+        """True inside a job step (``SLURM_NTASKS`` and ``SLURM_STEP_ID`` set) of a job that is not
+        an interactive one."""
         if "SLURM_NTASKS" not in os.environ or "SLURM_STEP_ID" not in os.environ:
             return False
         return os.environ.get("SLURM_JOB_NAME", "") not in _INTERACTIVE_NAMES
 
     @property
     def creates_processes_externally(self) -> bool:
+        """Always true: ``srun`` started every task."""
         return True
 
     @property
     def main_address(self) -> str:
+        """``MASTER_ADDR`` if set, otherwise the first host of the step's (or job's) node list,
+        expanded from SLURM's compressed form."""
         if "MASTER_ADDR" in os.environ:
             return os.environ["MASTER_ADDR"]
         nodelist = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
@@ -60,6 +71,8 @@ class SLURMEnvironment(ClusterEnvironment):
 
     @property
     def main_port(self) -> int:
+        """``MASTER_PORT`` if set, otherwise a port derived from the job id: the same on every task
+        of the job, different for jobs that share a node."""
         if "MASTER_PORT" in os.environ:
             return int(os.environ["MASTER_PORT"])
         # Same on every task of the job, different between jobs sharing a node.
@@ -67,23 +80,30 @@ class SLURMEnvironment(ClusterEnvironment):
         return 15000 + job_id % 20000
 
     def world_size(self) -> int:
+        """``SLURM_NTASKS``."""
         return int(os.environ["SLURM_NTASKS"])
 
     def global_rank(self) -> int:
+        """``SLURM_PROCID``."""
         return int(os.environ["SLURM_PROCID"])
 
     def local_rank(self) -> int:
+        """``SLURM_LOCALID``."""
         return int(os.environ["SLURM_LOCALID"])
 
     def node_rank(self) -> int:
+        """``SLURM_NODEID`` (0 when unset)."""
         return int(os.environ.get("SLURM_NODEID", 0))
 
     @staticmethod
     def job_id() -> str:
+        """``SLURM_JOB_ID``, or an empty string outside a SLURM job."""
         return os.environ.get("SLURM_JOB_ID", "")
 
     @classmethod
     def scheduled_job(cls) -> bool:
+        """True in any process of a non-interactive SLURM job, even one started without ``srun``, so
+        that a preemption there still requeues the job."""
         return bool(os.environ.get("SLURM_JOB_ID")) and os.environ.get("SLURM_JOB_NAME") not in _INTERACTIVE_NAMES
 
     def requeue(self) -> Optional[str]:

@@ -24,6 +24,13 @@ def _snapshot(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class AsyncCheckpointIO(CheckpointIO):
+    """Write checkpoints on a background thread (``plugins=["async"]``, or wrapping your own
+    ``checkpoint_io``): the loop pauses only to copy tensors to host memory.
+
+    At most one save is in flight; writes and deletions run in submission order, a deletion is
+    skipped once any write failed (an older file may be the last good one), and a background
+    failure is raised by the next save, :meth:`wait` or :meth:`teardown`."""
+
     def __init__(self, checkpoint_io: Optional[CheckpointIO] = None) -> None:
         self.checkpoint_io = checkpoint_io or TorchCheckpointIO()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fulmen-ckpt")
@@ -48,6 +55,8 @@ class AsyncCheckpointIO(CheckpointIO):
         self._raise_failure()
 
     def save_checkpoint(self, checkpoint: Dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        """Wait for the previous save, snapshot ``checkpoint``'s tensors to host memory, and queue
+        the write; returns before the file exists."""
         self.wait()  # at most one save in flight: bounded host memory, ordered files
         snapshot = _snapshot(checkpoint)
         self._pending.append(self._executor.submit(self._write, snapshot, path, storage_options))
@@ -60,6 +69,7 @@ class AsyncCheckpointIO(CheckpointIO):
             raise
 
     def remove_checkpoint(self, path: Any) -> None:
+        """Queue the deletion behind every pending write; skipped if any write failed."""
         def remove_if_all_writes_succeeded():
             if not self._write_failed:
                 self.checkpoint_io.remove_checkpoint(path)
@@ -68,10 +78,12 @@ class AsyncCheckpointIO(CheckpointIO):
         self._pending.append(self._executor.submit(remove_if_all_writes_succeeded))
 
     def load_checkpoint(self, path: Any, map_location: Optional[Any] = None) -> Dict[str, Any]:
+        """Wait for pending writes (the file may be one of them), then read through the wrapped IO."""
         self.wait()
         return self.checkpoint_io.load_checkpoint(path, map_location=map_location)
 
     def teardown(self) -> None:
+        """Wait for every pending write and deletion, raise the first failure, and tear down the wrapped IO."""
         try:
             self.wait()
         finally:

@@ -55,6 +55,7 @@ def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
 
 
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file through ``write(handle)`` with the guarantees of :func:`atomic_open`."""
     with atomic_open(path) as handle:
         write(handle)
 

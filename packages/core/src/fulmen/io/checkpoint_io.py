@@ -27,15 +27,28 @@ class CheckpointIO:
     """Base class: how a checkpoint dict becomes bytes somewhere, and back."""
 
     def save_checkpoint(self, checkpoint: Dict[str, Any], path: PathLike, storage_options: Optional[Any] = None) -> None:
+        """Write ``checkpoint`` (plain data and tensors) at ``path``, replacing what was there.
+
+        Called on global rank zero only by the default strategies. A failed write must leave the
+        previous file at ``path`` intact and raise, here or at the latest from :meth:`teardown`.
+        ``storage_options`` is passed through from ``trainer.save_checkpoint`` for IO plugins that
+        understand it (credentials, a bucket); implementations that take none should refuse it."""
         raise NotImplementedError
 
     def load_checkpoint(self, path: PathLike, map_location: Optional[Any] = None) -> Dict[str, Any]:
+        """Read the dict that :meth:`save_checkpoint` wrote at ``path``, with tensors on
+        ``map_location`` (the CPU when ``None``). Called on every rank. A missing path raises
+        ``FileNotFoundError``; damaged or unsafe contents raise ``FulmenCheckpointError``."""
         raise NotImplementedError
 
     def remove_checkpoint(self, path: PathLike) -> None:
+        """Delete the checkpoint at ``path``, quietly if it is gone already; ``ModelCheckpoint``
+        calls it (through the strategy, on rank zero) for files that fell out of its top-k."""
         Path(path).unlink(missing_ok=True)
 
     def teardown(self) -> None:
+        """Finish outstanding work (background writes) and raise the first failure; called after
+        every fit/validate/test/predict, so no write is lost when a stage ends."""
         pass
 
 
@@ -53,6 +66,9 @@ class TorchCheckpointIO(CheckpointIO):
         self.safe_globals = list(safe_globals or ())
 
     def save_checkpoint(self, checkpoint: Dict[str, Any], path: PathLike, storage_options: Optional[Any] = None) -> None:
+        """``torch.save`` into a temporary file next to ``path``, a SHA-256 footer, fsync, then a
+        rename over ``path``: a crash never leaves a half-written file under the real name.
+        Refuses ``storage_options``."""
         if storage_options is not None:
             raise TypeError(
                 f"{type(self).__name__} takes no storage_options (got {storage_options!r}); "
@@ -67,6 +83,10 @@ class TorchCheckpointIO(CheckpointIO):
         atomic_write(path, write)
 
     def load_checkpoint(self, path: PathLike, map_location: Optional[Any] = None) -> Dict[str, Any]:
+        """Check the footer's checksum (unless ``verify=False``), then ``torch.load`` with
+        ``weights_only=True`` (allowing only ``safe_globals``). Truncated, corrupted or
+        code-carrying files raise ``FulmenCheckpointError`` naming what is wrong and what to do;
+        a directory (a sharded checkpoint) is refused with the way to consolidate it."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")

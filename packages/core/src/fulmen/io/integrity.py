@@ -31,15 +31,18 @@ class HashingWriter:
         self.length = 0
 
     def write(self, data) -> int:
+        """Hash ``data`` and pass it on to the real file; returns the bytes written."""
         view = memoryview(data)
         self._hash.update(view)
         self.length += view.nbytes
         return self._handle.write(view)
 
     def flush(self) -> None:
+        """Flush the underlying file."""
         self._handle.flush()
 
     def footer(self) -> bytes:
+        """The footer for everything written so far: magic, version, SHA-256 and length."""
         return MAGIC + bytes([FOOTER_VERSION]) + self._hash.digest() + self.length.to_bytes(8, "little")
 
 

@@ -26,20 +26,25 @@ class MixedPrecision(Precision):
         self.device_type = "cpu"
 
     def setup(self, device: torch.device) -> None:
+        """Remember the device type for autocast and create the float16 ``GradScaler`` for it."""
         super().setup(device)
         self.device_type = device.type
         if self.dtype == torch.float16 and self.scaler is None:
             self.scaler = torch.amp.GradScaler(device.type)
 
     def forward_context(self) -> ContextManager:
+        """``torch.autocast`` on the device's type in the chosen half dtype."""
         return torch.autocast(self.device_type, dtype=self.dtype)
 
     def backward(self, tensor: torch.Tensor, module: Optional[nn.Module], *args: Any, **kwargs: Any) -> None:
+        """Backward on the scaled loss under ``16-mixed``, plainly under ``bf16-mixed``."""
         if self.scaler is not None:
             tensor = self.scaler.scale(tensor)
         tensor.backward(*args, **kwargs)
 
     def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """Divide the gradients by the current scale once per step, so clipping and
+        ``on_before_optimizer_step`` see their true values; a second call in the same step is a no-op."""
         if self.scaler is None:
             return
         # GradScaler refuses a second unscale in one step; clipping twice must stay legal.
@@ -48,6 +53,8 @@ class MixedPrecision(Precision):
             self.scaler.unscale_(optimizer)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """Step through the scaler, which skips the step when gradients overflowed and adjusts the
+        scale; a closure runs first, since the scaler cannot pass one through."""
         if self.scaler is None:
             return super().optimizer_step(optimizer, closure)
         if closure is not None:
@@ -58,8 +65,10 @@ class MixedPrecision(Precision):
         return result
 
     def state_dict(self) -> Dict[str, Any]:
+        """The scaler's state (scale and growth tracker), so a resumed run continues exactly."""
         return {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore the scaler's state from a checkpoint, if both have one."""
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -13,21 +13,29 @@ from fulmen.utilities.apply import apply_to_tensors
 
 
 class _TrueDtypePrecision(Precision):
+    """Shared by the ``*-true`` modes: parameters, floating inputs and tensors created inside
+    the step all use one dtype."""
+
     dtype: torch.dtype = torch.float32
 
     def convert_module(self, module: nn.Module) -> nn.Module:
+        """Cast every parameter and buffer to the mode's dtype."""
         return module.to(dtype=self.dtype)
 
     def convert_input(self, data: Any) -> Any:
+        """Cast floating tensors of the batch; integer and bool tensors (labels, masks) keep theirs."""
         dtype = self.dtype
         return apply_to_tensors(
             data, lambda t: t.to(dtype) if torch.is_floating_point(t) else t
         )
 
     def module_init_context(self) -> ContextManager:
+        """Build the model directly in the mode's dtype (no float32 copy on the way)."""
         return _default_dtype(self.dtype)
 
     def forward_context(self) -> ContextManager:
+        """Make the mode's dtype the default during the step, so tensors created there match the
+        parameters."""
         # As in Lightning: tensors made inside the step (zero states, masks) match the params.
         return _default_dtype(self.dtype)
 
@@ -43,6 +51,9 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 class DoublePrecision(_TrueDtypePrecision):
+    """``64-true``: float64 parameters and inputs, for numerical checks where float32 rounding
+    matters; slow, and not available on MPS."""
+
     name = "64-true"
     dtype = torch.float64
 

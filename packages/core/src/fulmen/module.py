@@ -23,6 +23,15 @@ HPARAMS_KEY = "hyper_parameters"
 
 
 class Module(HookCarrier, nn.Module):
+    """A ``torch.nn.Module`` that also says how to train itself: subclass it, define
+    ``training_step`` and ``configure_optimizers``, and hand it to ``Trainer.fit``.
+
+    Optional methods follow Lightning's ``LightningModule``: ``validation_step``,
+    ``test_step``, ``predict_step``, ``configure_model`` (layers built on the target device or
+    sharded), the ``*_dataloader()`` methods and any lifecycle hook of ``fulmen.hookspecs``.
+    A loop whose step is missing is skipped. ``self.log`` records metrics; ``self.trainer``
+    reaches the run."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.automatic_optimization: bool = True
@@ -31,12 +40,18 @@ class Module(HookCarrier, nn.Module):
 
     # ------------------------------------------------------------------ the user's part
     def training_step(self, batch: Any, batch_idx: int) -> Any:
+        """Compute the loss of one training batch and return it (a tensor, or a dict with a
+        ``"loss"`` entry); ``None`` skips the batch. Under manual optimization
+        (``self.automatic_optimization = False``) step the optimizers here yourself."""
         raise FulmenUserCodeError(
             f"{type(self).__name__} has no training_step; define "
             "training_step(self, batch, batch_idx) returning the loss to train with Trainer.fit"
         )
 
     def configure_optimizers(self) -> Any:
+        """Return what trains this module: an optimizer, a list of them, or Lightning's dict
+        ``{"optimizer": opt, "lr_scheduler": scheduler or {"scheduler": s, "interval": "step"}}``
+        (or a list of such dicts). Called once per fit, after ``configure_model``."""
         raise FulmenUserCodeError(
             f"{type(self).__name__} has no configure_optimizers; define it to return an "
             "optimizer, e.g. torch.optim.AdamW(self.parameters(), lr=1e-3)"
@@ -54,6 +69,8 @@ class Module(HookCarrier, nn.Module):
     # ------------------------------------------------------------------ trainer access
     @property
     def trainer(self):
+        """The Trainer this module was last run by; raises ``FulmenConfigError`` before any
+        Trainer ran it."""
         if self._trainer is None:
             raise FulmenConfigError(f"{type(self).__name__} is not attached to a Trainer")
         return self._trainer
@@ -65,14 +82,17 @@ class Module(HookCarrier, nn.Module):
 
     @property
     def current_epoch(self) -> int:
+        """The Trainer's current epoch (0 when not attached)."""
         return self._trainer.current_epoch if self._trainer is not None else 0
 
     @property
     def global_step(self) -> int:
+        """Optimizer steps taken so far in this fit (0 when not attached)."""
         return self._trainer.global_step if self._trainer is not None else 0
 
     @property
     def device(self) -> torch.device:
+        """The device of the first parameter (or buffer); the CPU for a module without any."""
         for tensor in self.parameters():
             return tensor.device
         for tensor in self.buffers():
@@ -81,6 +101,7 @@ class Module(HookCarrier, nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the first parameter; torch's default dtype for a module without any."""
         for tensor in self.parameters():
             return tensor.dtype
         return torch.get_default_dtype()
@@ -118,6 +139,7 @@ class Module(HookCarrier, nn.Module):
         )
 
     def log_dict(self, metrics: Mapping[str, Any], **kwargs: Any) -> None:
+        """``self.log`` for every ``name: value`` of ``metrics``, with the same keyword arguments."""
         for name, value in metrics.items():
             self.log(name, value, **kwargs)
 
@@ -128,6 +150,8 @@ class Module(HookCarrier, nn.Module):
         return optimizers[0] if len(optimizers) == 1 else optimizers
 
     def lr_schedulers(self):
+        """The LR scheduler(s) from ``configure_optimizers``, one or a list, or ``None``; for
+        stepping them yourself under manual optimization."""
         schedulers = [config.scheduler for config in self.trainer.lr_scheduler_configs]
         if not schedulers:
             return None
@@ -164,6 +188,7 @@ class Module(HookCarrier, nn.Module):
                 p.requires_grad_(False)
 
     def untoggle_optimizer(self, optimizer: Any) -> None:
+        """Undo :meth:`toggle_optimizer`: every parameter gets back its ``requires_grad``."""
         for p, flag in getattr(self, "_toggled", {}).items():
             p.requires_grad_(flag)
         self._toggled = {}
@@ -171,6 +196,8 @@ class Module(HookCarrier, nn.Module):
     # ------------------------------------------------------------------ hyperparameters
     @property
     def hparams(self) -> AttributeDict:
+        """The hyperparameters :meth:`save_hyperparameters` stored, as an attribute dict
+        (``self.hparams.lr``)."""
         return self._hparams
 
     def save_hyperparameters(self, *args: Any, ignore: Optional[List[str]] = None, frame=None) -> None:

@@ -12,6 +12,26 @@ from fulmen.errors import FulmenConfigError, FulmenUserCodeError
 
 
 class EarlyStopping(Callback):
+    """Stop fitting when a logged metric stops improving, crosses a threshold or is no longer
+    finite; the reason is printed and kept in ``stopping_reason``.
+
+    The metric is checked after every validation run during fit, or at the end of each
+    training epoch when the run has no validation. Stopping sets ``trainer.should_stop``; the
+    loop ends once ``min_epochs``/``min_steps`` allow it.
+
+    Args:
+        monitor: The name passed to ``self.log`` (it must reach ``trainer.callback_metrics``).
+        min_delta: How much better than the best so far counts as an improvement.
+        patience: Checks in a row without improvement before stopping.
+        verbose: Print when stopping (the reason is printed whenever it stops).
+        mode: ``"min"`` when lower is better (a loss), ``"max"`` when higher is (an accuracy).
+        strict: Raise when ``monitor`` was not logged; ``False`` skips the check instead.
+        check_finite: Stop as soon as the metric is NaN or infinite.
+        stopping_threshold: Stop once the metric is better than this (good enough).
+        divergence_threshold: Stop once the metric is worse than this (beyond recovery).
+        check_on_train_epoch_end: ``True`` checks at the end of each training epoch, ``False``
+            after each validation; ``None`` chooses by whether validation runs."""
+
     def __init__(
         self,
         monitor: str,
@@ -46,6 +66,8 @@ class EarlyStopping(Callback):
 
     @property
     def state_key(self) -> str:
+        """One key per monitored metric and mode, so two EarlyStopping callbacks keep separate
+        state in a checkpoint."""
         return self._key_with(monitor=self.monitor, mode=self.mode)
 
     def _at_train_epoch_end(self, trainer) -> bool:
@@ -54,10 +76,12 @@ class EarlyStopping(Callback):
         return not getattr(trainer, "_has_validation", False)
 
     def on_train_epoch_end(self, trainer) -> None:
+        """Check the metric here when checking at the end of training epochs."""
         if self._at_train_epoch_end(trainer):
             self._check(trainer)
 
     def on_validation_end(self, trainer) -> None:
+        """Check the metric after each validation run of fit (never in the sanity check)."""
         if trainer.sanity_checking or trainer.state != "fitting" or self._at_train_epoch_end(trainer):
             return
         self._check(trainer)
@@ -111,6 +135,7 @@ class EarlyStopping(Callback):
         return False, None
 
     def state_dict(self) -> Dict[str, Any]:
+        """The patience counter and best score, so a resumed run keeps counting where it stopped."""
         return {
             "wait_count": self.wait_count,
             "stopped_epoch": self.stopped_epoch,
@@ -119,6 +144,7 @@ class EarlyStopping(Callback):
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore the patience counter and best score from a checkpoint."""
         self.wait_count = state["wait_count"]
         self.stopped_epoch = state["stopped_epoch"]
         self.best_score = torch.tensor(state["best_score"])

@@ -25,6 +25,39 @@ _FIELD = re.compile(r"\{([^{}:!]+)(?:![rsa])?(?::[^{}]*)?\}")
 
 
 class ModelCheckpoint(Callback):
+    """Save checkpoints during fit: the best ``save_top_k`` by a monitored metric, or the
+    latest, and optionally a ``last.ckpt`` beside them.
+
+    The Trainer adds one (latest checkpoint, every epoch) unless ``enable_checkpointing=False``;
+    pass your own to rank by a metric. By default it saves after each validation run during
+    fit, or at the end of each training epoch when there is no validation. A file is only
+    removed after its replacement is durable. ``fit(ckpt_path="last")`` and ``"best"`` find
+    their files through it.
+
+    Args:
+        dirpath: The directory for the files; by default ``checkpoints/`` under the first
+            logger's directory (or ``default_root_dir`` without loggers).
+        filename: A template such as ``"{epoch}-{val_loss:.2f}"`` filled from the logged
+            metrics plus ``epoch`` and ``step``; ``"{epoch}-{step}"`` by default.
+        monitor: The logged metric that ranks checkpoints; ``None`` keeps the latest instead.
+        verbose: Print a line for every save (and every checkpoint that did not make the top k).
+        save_last: Also keep ``last.ckpt``, the state at the latest save.
+        save_top_k: How many ranked files to keep; ``-1`` keeps all, ``0`` none (with
+            ``save_last`` only ``last.ckpt``). Without ``monitor`` only ``1`` and ``-1`` apply.
+        save_weights_only: Leave out what only a resume needs (optimizer, loop state); such a
+            file can be loaded but not resumed from.
+        mode: ``"min"`` when a lower ``monitor`` is better, ``"max"`` when higher is.
+        auto_insert_metric_name: Write ``{epoch}`` as ``epoch=3`` rather than ``3``.
+        every_n_train_steps: Save every N optimizer steps instead of at epoch ends.
+        train_time_interval: Save whenever this much training time (a ``timedelta``) passed.
+        every_n_epochs: Save every N epochs (the default trigger, with N = 1); the epoch in
+            which training is told to stop is saved as well.
+        save_on_train_epoch_end: ``True`` saves at the end of training epochs, ``False`` after
+            validation; ``None`` chooses by whether validation runs.
+
+    Only one of ``every_n_train_steps``, ``train_time_interval`` and ``every_n_epochs`` may be
+    given."""
+
     CHECKPOINT_NAME_LAST = "last"
     FILE_EXTENSION = ".ckpt"
 
@@ -83,6 +116,8 @@ class ModelCheckpoint(Callback):
 
     @property
     def state_key(self) -> str:
+        """One key per monitor, mode and trigger, so several ModelCheckpoint callbacks keep their
+        rankings apart in a checkpoint."""
         return self._key_with(
             monitor=self.monitor, mode=self.mode, every_n_train_steps=self.every_n_train_steps,
             every_n_epochs=self.every_n_epochs, train_time_interval=self.train_time_interval,
@@ -90,6 +125,8 @@ class ModelCheckpoint(Callback):
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer, stage) -> None:
+        """Choose the default directory once the loggers know theirs, and at the start of fit
+        delete temporary files that saves killed mid-write left there."""
         if self.dirpath is None:
             base = trainer.log_dir if trainer.loggers else trainer.default_root_dir
             self.dirpath = str(Path(base) / "checkpoints")
@@ -97,11 +134,13 @@ class ModelCheckpoint(Callback):
             remove_stale_temp_files(self.dirpath)  # a resumed run after a kill mid-save
 
     def on_train_start(self, trainer) -> None:
+        """Start the clock of ``train_time_interval``."""
         import time
 
         self._last_time_saved = time.monotonic()
 
     def on_train_batch_end(self, trainer) -> None:
+        """Save here when ``every_n_train_steps`` or ``train_time_interval`` is due."""
         if not self.every_n_train_steps and self.train_time_interval is None:
             return  # saves at epoch ends or validations (the default): nothing to do per batch
         if self._skip(trainer):
@@ -123,12 +162,14 @@ class ModelCheckpoint(Callback):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer) -> None:
+        """Save at the end of a training epoch when saving there (see ``save_on_train_epoch_end``)."""
         if self._skip(trainer) or not self._epoch_due(trainer):
             return
         if self._on_train_epoch_end(trainer):
             self._save(trainer)
 
     def on_validation_end(self, trainer) -> None:
+        """Save after a validation run of fit, the default when the run validates."""
         if self._skip(trainer) or not self._epoch_due(trainer) or self._on_train_epoch_end(trainer):
             return
         self._save(trainer)
@@ -287,6 +328,8 @@ class ModelCheckpoint(Callback):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:
+        """The ranking (best paths and scores, the k-th best, ``last.ckpt``) and the directory, so
+        a resumed run keeps pruning the same files."""
         return {
             "monitor": self.monitor,
             "mode": self.mode,
@@ -300,6 +343,8 @@ class ModelCheckpoint(Callback):
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore the ranking, forgetting files that no longer exist; ignored when this callback
+        now writes to a different directory, whose files the old ranking does not describe."""
         if state.get("dirpath") not in (None, self.dirpath) and self.dirpath is not None:
             # A different directory: the old ranking refers to files we do not manage.
             return

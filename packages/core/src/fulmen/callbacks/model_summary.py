@@ -31,6 +31,8 @@ def _human(n: float) -> str:
 
 
 def summarize(module: nn.Module, max_depth: int = 1) -> str:
+    """A text table of ``module``'s submodules down to ``max_depth`` levels (name, type,
+    parameters, train/eval mode) with trainable, frozen and total parameter counts and size."""
     rows: List[Tuple[str, str, str, str]] = []
     for name, child in module.named_modules():
         if not name or name.count(".") >= max_depth:
@@ -54,9 +56,14 @@ def summarize(module: nn.Module, max_depth: int = 1) -> str:
 
 
 class ModelSummary(Callback):
+    """Print a table of the model's submodules and parameter counts when fit starts (on rank
+    zero). The Trainer adds one unless ``enable_model_summary=False``; pass your own to change
+    ``max_depth`` (``0`` prints nothing)."""
+
     def __init__(self, max_depth: int = 1) -> None:
         self.max_depth = max_depth
 
     def on_fit_start(self, trainer, module) -> None:
+        """Print the summary once, on global rank zero."""
         if trainer.is_global_zero and self.max_depth != 0:
             print(summarize(module, self.max_depth))

@@ -18,6 +18,17 @@ from fulmen.loggers.base import Logger
 
 
 class CSVLogger(Logger):
+    """The default logger (``logger=True`` or ``"csv"``): ``metrics.csv`` and ``hparams.json`` in
+    ``save_dir/name/version_N``, with nothing to install.
+
+    Args:
+        save_dir: The directory that holds the experiment folder.
+        name: The experiment folder under ``save_dir``.
+        version: An int (``version_N``) or a folder name; ``None`` picks the next free
+            ``version_N``, agreed on by every rank in a multi-process run.
+        flush_logs_every_n_steps: Rows buffered before they are written; epoch ends and
+            checkpoints write them too."""
+
     def __init__(
         self,
         save_dir: Union[str, os.PathLike] = ".",
@@ -36,26 +47,31 @@ class CSVLogger(Logger):
 
     @property
     def name(self) -> str:
+        """The experiment folder under ``save_dir``."""
         return self._name
 
     @property
     def version(self) -> Union[int, str]:
+        """The version given, or the next free ``version_N`` number (decided on first use)."""
         if self._version is None:
             self._version = self._next_version()
         return self._version
 
     @property
     def root_dir(self) -> Path:
+        """``save_dir/name``: where every version of this experiment lives."""
         return self._save_dir / self._name
 
     @property
     def log_dir(self) -> str:
+        """This run's folder: ``save_dir/name/version_N`` (or the string version as the folder name)."""
         version = self.version
         folder = version if isinstance(version, str) else f"version_{version}"
         return str(self.root_dir / folder)
 
     @property
     def metrics_file(self) -> Path:
+        """``log_dir/metrics.csv``, one row per ``log_metrics`` call with a ``step`` column first."""
         return Path(self.log_dir) / "metrics.csv"
 
     def _next_version(self) -> int:
@@ -69,11 +85,14 @@ class CSVLogger(Logger):
         return max(taken) + 1 if taken else 0
 
     def log_hyperparams(self, params: Dict[str, Any]) -> None:
+        """Write ``hparams.json`` in :attr:`log_dir` (values that JSON cannot hold as their ``str``)."""
         path = Path(self.log_dir) / "hparams.json"
         with atomic_open(path) as handle:
             handle.write(json.dumps(params, indent=2, sort_keys=True, default=str).encode())
 
     def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
+        """Buffer one row; the file is written every ``flush_logs_every_n_steps`` rows. A metric
+        name not seen before widens the header (the file is rewritten, older rows get empty cells)."""
         row = {"step": step, **metrics}
         self._rows.append(row)
         self._pending += 1
@@ -81,6 +100,7 @@ class CSVLogger(Logger):
             self.save()
 
     def save(self) -> None:
+        """Write the buffered rows to ``metrics.csv`` (atomically when the header changes)."""
         if not self._rows:
             return
         path = self.metrics_file
@@ -105,13 +125,16 @@ class CSVLogger(Logger):
         self._pending = 0
 
     def finalize(self, status: str) -> None:
+        """Write the buffered rows; nothing else to close."""
         self.save()
 
     def synchronize(self, strategy: Any) -> None:
+        """Every rank takes rank zero's version, so no two ranks race for the next ``version_N``."""
         # Rank 0's next free version for everyone; ranks deciding alone race on version_N.
         self._version = strategy.broadcast(self.version if strategy.is_global_zero else None)
 
     def state_dict(self) -> Dict[str, Any]:
+        """The version and how many rows the file holds, so a resumed run continues the same file."""
         # How many rows the file holds now (the Trainer saves the logger first): a resumed
         # run keeps exactly these, whatever the crashed run appended after the checkpoint.
         if self._file_rows is None:

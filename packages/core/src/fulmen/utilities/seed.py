@@ -14,10 +14,19 @@ _MAX_SEED = 2**32 - 1
 
 
 def seed_everything(seed: Optional[int] = None, workers: bool = False) -> int:
-    """Seed every generator a training run draws from and return the seed used.
+    """Seed Python's, NumPy's (when installed) and torch's generators (every CUDA device
+    included) and return the seed used: call it once at the top of a script for a
+    reproducible run.
 
-    The seed goes into the environment so that processes started later (DDP workers,
-    dataloader workers) derive the same streams.
+    The seed goes into the environment (``FULMEN_GLOBAL_SEED``), so that processes started
+    later (DDP ranks, dataloader workers) and fulmen's distributed samplers derive their
+    streams from it.
+
+    Args:
+        seed: An int in ``0..2**32 - 1``; ``None`` takes ``FULMEN_GLOBAL_SEED`` if set, else
+            a random seed (returned, so it can be printed and reused).
+        workers: Lightning's flag, kept for compatibility: it is recorded in
+            ``FULMEN_SEED_WORKERS`` for processes started later.
     """
     if seed is None:
         env = os.environ.get(SEED_ENV)

@@ -20,6 +20,7 @@ class ConformanceSkip(Exception):
 
 
 def fail(kind: str, spec: Any, rule: str, detail: str) -> ConformanceError:
+    """A ConformanceError naming the kind, the object under test, the broken rule and what was seen."""
     return ConformanceError(f"[fulmen conformance] {kind} {describe(spec)}: {rule}\n  {detail}")
 
 
@@ -33,6 +34,7 @@ def skip(reason: str) -> None:
 
 
 def describe(spec: Any) -> str:
+    """A readable name for a spec (a registered name, a class or a factory) in messages."""
     if isinstance(spec, str):
         return repr(spec)
     if isinstance(spec, type):

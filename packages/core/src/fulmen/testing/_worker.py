@@ -10,6 +10,7 @@ from typing import List, Optional
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run one multi-process strategy check with the arguments of ``run_strategy``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m fulmen.testing._worker")
     parser.add_argument("--strategy", required=True)
     parser.add_argument("--devices", type=int, default=2)

@@ -40,6 +40,8 @@ def accelerator_class(accelerator: Any) -> type:
 
 
 def check_class_api(accelerator: Any) -> type:
+    """The class-level rule (cheap ``is_available``/``device_count``, string ``name`` and ``device_type``); returns
+    the class."""
     cls = accelerator_class(accelerator)
     if isinstance(accelerator, str) and ":" not in accelerator:
         factory = registry().get("accelerator", accelerator).factory
@@ -62,6 +64,8 @@ def check_class_api(accelerator: Any) -> type:
 
 
 def check_devices(accelerator: Any) -> None:
+    """The device rule (``parse_devices`` good and bad values, device math, ``32-true`` accepted); skipped where
+    unavailable."""
     from fulmen.errors import FulmenConfigError
 
     cls = check_class_api(accelerator)
@@ -100,6 +104,7 @@ def check_devices(accelerator: Any) -> None:
 def check_training_on_device(
     accelerator: str, atol: float = 1e-4, rtol: float = 1e-3, workdir: Optional[os.PathLike] = None
 ) -> None:
+    """The training rule: the reference problem on one device of the accelerator ends close to plain PyTorch."""
     cls = accelerator_class(accelerator)
     if not cls.is_available():
         skip(f"accelerator {describe(accelerator)} is not available on this machine")

@@ -32,12 +32,14 @@ class _Unserialisable:
 
 
 def make_io(spec: Any) -> Any:
+    """A fresh checkpoint IO from a registered name, ``"module:attr"``, a class or a factory."""
     from fulmen.io.checkpoint_io import CheckpointIO
 
     return factory_of("checkpoint_io", spec, CheckpointIO)()
 
 
 def sample_checkpoint() -> Dict[str, Any]:
+    """A checkpoint with tensors of several dtypes (a view and an empty one among them) and plain values."""
     generator = torch.Generator().manual_seed(7)
     base = torch.randn(6, 4, generator=generator)
     return {
@@ -75,6 +77,7 @@ def _load(spec: Any, path: Path) -> Any:
 
 
 def check_round_trip(spec: Any, directory: os.PathLike) -> None:
+    """The round-trip and snapshot rule: what was passed to ``save_checkpoint`` loads back exactly."""
     Path(directory).mkdir(parents=True, exist_ok=True)
     path = Path(directory) / "roundtrip.ckpt"
     io = make_io(spec)
@@ -96,6 +99,7 @@ def check_round_trip(spec: Any, directory: os.PathLike) -> None:
 
 
 def check_overwrite_and_remove(spec: Any, directory: os.PathLike) -> None:
+    """The overwrite and remove rule, and that loading a missing path raises."""
     from fulmen.errors import FulmenCheckpointError
 
     Path(directory).mkdir(parents=True, exist_ok=True)
@@ -132,6 +136,7 @@ def check_overwrite_and_remove(spec: Any, directory: os.PathLike) -> None:
 
 
 def check_atomic(spec: Any, directory: os.PathLike) -> None:
+    """The atomicity rule: a failed write raises, keeps the previous file and leaves no partial file."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "atomic.ckpt"

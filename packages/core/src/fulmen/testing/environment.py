@@ -27,6 +27,7 @@ RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", 
 
 
 def environment_class(spec: Any) -> type:
+    """The ClusterEnvironment subclass behind a registered name, ``"module:attr"`` or class."""
     from fulmen.environments.base import ClusterEnvironment
     from fulmen.plugins.discovery import import_object
 
@@ -47,6 +48,7 @@ def _clean(variables: Mapping[str, str]):
 
 
 def check_detection(spec: Any, variables: Mapping[str, str], always_detects: bool = False) -> None:
+    """The detection rule: ``detect()`` is a bool, False without scheduler variables, True under ``variables``."""
     cls = environment_class(spec)
     with _clean({}):
         detected = cls.detect()
@@ -61,6 +63,8 @@ def check_detection(spec: Any, variables: Mapping[str, str], always_detects: boo
 
 
 def check_values(spec: Any, variables: Mapping[str, str], expected: Mapping[str, Any]) -> None:
+    """The value rule: under ``variables`` every value equals ``expected``; types and ranges hold; the object
+    pickles."""
     cls = environment_class(spec)
     with _clean(variables):
         env = cls()
@@ -102,6 +106,7 @@ def check_values(spec: Any, variables: Mapping[str, str], expected: Mapping[str,
 
 
 def check_priority(name: str, variables: Mapping[str, str]) -> None:
+    """The priority rule: fulmen's detection picks this environment under ``variables``."""
     from fulmen.fabric.connector import detect_environment
 
     cls = environment_class(name)

@@ -26,6 +26,7 @@ ReadMetrics = Callable[[Any], Mapping[int, Mapping[str, float]]]
 
 
 def make_logger(logger: Any, save_dir: os.PathLike) -> Any:
+    """A fresh logger writing under ``save_dir`` (passed as ``save_dir=`` when the factory takes it)."""
     from fulmen.loggers.base import Logger
 
     factory = factory_of("logger", logger, Logger)
@@ -60,6 +61,7 @@ def _compare(spec: Any, rule: str, expected: Mapping[int, Mapping[str, float]], 
 
 
 def check_identity(logger: Any, save_dir: os.PathLike) -> None:
+    """The identity rule: ``name`` is a string, ``version`` an int, a string or None, ``log_dir`` a string or None."""
     instance = make_logger(logger, save_dir)
     if not isinstance(instance.name, str):
         raise fail("logger", logger, "name is a string", f"got {instance.name!r}")
@@ -70,6 +72,7 @@ def check_identity(logger: Any, save_dir: os.PathLike) -> None:
 
 
 def check_records_every_step(logger: Any, read_metrics: ReadMetrics, save_dir: os.PathLike, steps: int = 100) -> None:
+    """The storage rule: every step logged is stored with every value, after hyperparameters with nested values."""
     instance = make_logger(logger, save_dir)
     instance.log_hyperparams({"lr": 0.1, "layers": [16, 1], "optimizer": {"name": "sgd", "momentum": 0.9}, "note": None})
     expected = _expected_series(steps)
@@ -80,6 +83,8 @@ def check_records_every_step(logger: Any, read_metrics: ReadMetrics, save_dir: o
 
 
 def check_survives_error(logger: Any, read_metrics: ReadMetrics, save_dir: os.PathLike, fail_at_step: int = 5) -> None:
+    """The failure rule: a Trainer whose training raises leaves every earlier step stored, and ``finalize`` does
+    not raise."""
     import fulmen
     from fulmen.testing.reference import reference_loader, reference_module
 
@@ -120,6 +125,7 @@ def check_survives_error(logger: Any, read_metrics: ReadMetrics, save_dir: os.Pa
 
 
 def check_state_round_trip(logger: Any, save_dir: os.PathLike) -> None:
+    """The resume rule: a fresh logger given ``state_dict()`` continues the same ``version``."""
     instance = make_logger(logger, save_dir)
     instance.log_metrics({"loss": 1.0}, step=0)
     instance.save()

@@ -22,10 +22,12 @@ MARKER = "fulmen_conformance"
 
 
 def pytest_configure(config) -> None:
+    """Declare the ``fulmen_conformance`` marker, so ``--strict-markers`` accepts it."""
     config.addinivalue_line("markers", f"{MARKER}: a fulmen plugin conformance check (fulmen.testing)")
 
 
 def pytest_report_header(config):
+    """One header line: fulmen's version and each plugin this environment discovered, with its status."""
     from fulmen.plugins import discovery
 
     loaded = []
@@ -35,6 +37,7 @@ def pytest_report_header(config):
 
 
 def pytest_collection_modifyitems(config, items) -> None:
+    """Mark every test of a ``*Conformance`` subclass ``fulmen_conformance`` (``pytest -m fulmen_conformance``)."""
     from fulmen.testing.suites import CONFORMANCE_BASES
 
     for item in items:
@@ -56,32 +59,39 @@ class Conformance:
 
     def check_strategy(self, strategy: Any, devices: int = 1, accelerator: str = "cpu", atol: float = 1e-5,
                        rtol: float = 1e-4, timeout: float = 300):
+        """Every strategy rule (:func:`fulmen.testing.check_strategy`); returns the report of the run."""
         from fulmen.testing.strategy import check_strategy
 
         return check_strategy(strategy, devices, accelerator, self._dir("strategy"), atol, rtol, timeout=timeout)
 
     def check_accelerator(self, accelerator: Any, atol: float = 1e-4, rtol: float = 1e-3) -> None:
+        """Every accelerator rule (:func:`fulmen.testing.check_accelerator`)."""
         from fulmen.testing.accelerator import check_accelerator
 
         check_accelerator(accelerator, atol, rtol, self._dir("accelerator"))
 
     def check_precision(self, precision: Any, accelerator: str = "cpu", atol: float = 1e-5, rtol: float = 1e-4) -> None:
+        """Every precision rule (:func:`fulmen.testing.check_precision`); skipped where the accelerator refuses it."""
         from fulmen.testing.precision import check_precision
 
         check_precision(precision, accelerator, atol, rtol, self._dir("precision"))
 
     def check_logger(self, logger: Any, read_metrics) -> None:
+        """Every logger rule (:func:`fulmen.testing.check_logger`); ``read_metrics(logger)`` returns
+        ``{step: {name: value}}`` of what the logger stored."""
         from fulmen.testing.logger import check_logger
 
         check_logger(logger, read_metrics, self._dir("logger"))
 
     def check_cluster_environment(self, environment: Any, variables: Mapping[str, str],
                                   expected: Optional[Mapping[str, Any]] = None, always_detects: bool = False) -> None:
+        """Every cluster environment rule (:func:`fulmen.testing.check_cluster_environment`)."""
         from fulmen.testing.environment import check_cluster_environment
 
         check_cluster_environment(environment, variables, expected, always_detects)
 
     def check_checkpoint_io(self, checkpoint_io: Any) -> None:
+        """Every checkpoint IO rule (:func:`fulmen.testing.check_checkpoint_io`)."""
         from fulmen.testing.checkpoint_io import check_checkpoint_io
 
         check_checkpoint_io(checkpoint_io, self._dir("checkpoint_io"))

@@ -28,12 +28,14 @@ from fulmen.testing.strategy import check_state_round_trip, check_training, run_
 
 
 def make_precision(precision: Any) -> Any:
+    """A fresh precision object from a registered name, ``"module:attr"``, a class or a factory."""
     from fulmen.precision.base import Precision
 
     return factory_of("precision", precision, Precision)()
 
 
 def unsupported_reason(precision: Any, accelerator: str) -> Optional[str]:
+    """Why ``precision`` cannot run on ``accelerator`` here (absent hardware, refused format), or ``None``."""
     from fulmen.testing._common import registry
 
     reg = registry()
@@ -44,6 +46,7 @@ def unsupported_reason(precision: Any, accelerator: str) -> Optional[str]:
 
 
 def check_hooks(precision: Any) -> None:
+    """The hook rule: context managers restore the default dtype, ``convert_module``/``convert_input`` behave."""
     p = make_precision(precision)
     if not isinstance(getattr(p, "name", None), str) or not p.name:
         raise fail("precision", precision, "has a non-empty string name", f"name is {getattr(p, 'name', None)!r}")
@@ -77,6 +80,7 @@ def check_hooks(precision: Any) -> None:
 def check_training_and_state(
     precision: Any, accelerator: str = "cpu", atol: float = 1e-5, rtol: float = 1e-4, workdir: Optional[os.PathLike] = None
 ) -> None:
+    """The training rule: finite, falling loss, parameters near float32's, exact save/load under this precision."""
     spec = precision if isinstance(precision, str) and ":" not in precision else make_precision(precision)
     report = run_strategy("single_device", 1, accelerator, spec, workdir)
     report.spec = precision
@@ -99,6 +103,7 @@ def _rename(check, kind: str, spec: Any) -> None:
 
 
 def check_state_dict(precision: Any, accelerator: str = "cpu") -> None:
+    """The state rule: ``state_dict()`` loaded into a fresh instance comes back unchanged."""
     from fulmen.testing.accelerator import accelerator_class
 
     device = accelerator_class(accelerator).parse_devices(1)[0]

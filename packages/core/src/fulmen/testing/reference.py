@@ -25,6 +25,7 @@ EPOCHS = 2
 
 
 def dataset() -> TensorDataset:
+    """The 64 fixed samples of the reference regression (8 features, one target)."""
     generator = torch.Generator().manual_seed(1234)
     x = torch.randn(SAMPLES, FEATURES, generator=generator)
     w = torch.randn(FEATURES, 1, generator=generator)
@@ -43,11 +44,13 @@ def make_model(seed: int = 0) -> nn.Module:
 
 
 def make_optimizer(parameters) -> torch.optim.Optimizer:
+    """SGD with momentum, so the optimizer has state that checkpoint checks must carry."""
     # Momentum gives the optimizer a state, which the checkpoint checks must carry.
     return torch.optim.SGD(parameters, lr=LEARNING_RATE, momentum=MOMENTUM)
 
 
 def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error, computed in float32 whatever the precision of the output."""
     return nn.functional.mse_loss(output.float(), target.float())
 
 
@@ -66,6 +69,7 @@ def reference_parameters(epochs: int = EPOCHS, dtype: torch.dtype = torch.float3
 
 
 def reference_losses(epochs: int = EPOCHS) -> List[float]:
+    """The loss of every step of plain PyTorch training on one device."""
     model = make_model(0)
     optimizer = make_optimizer(model.parameters())
     data = dataset()
@@ -111,6 +115,7 @@ def reference_module(fail_at_step: Optional[int] = None, metrics_per_step: int =
 
 
 def reference_loader(batch_size: int = GLOBAL_BATCH):
+    """A DataLoader over the reference data in fixed order (no shuffling)."""
     from torch.utils.data import DataLoader
 
     return DataLoader(dataset(), batch_size=batch_size, shuffle=False)

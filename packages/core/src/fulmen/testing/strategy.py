@@ -52,6 +52,7 @@ class StrategyReport:
 
     @property
     def name(self) -> str:
+        """The strategy as it appears in failure messages."""
         return describe(self.spec)
 
 
@@ -249,6 +250,8 @@ def _launched(fabric: Any, out_dir: str, epochs: int) -> None:
 
 
 def check_layout(report: StrategyReport) -> None:
+    """The process layout rule, judged on ``report``: one rank each, one world size, one global zero, the right
+    device type."""
     ranks = report.ranks
     world = report.devices
     found = sorted(r["rank"] for r in ranks)
@@ -280,6 +283,8 @@ def _device_type(accelerator: str) -> Optional[str]:
 
 
 def check_collectives(report: StrategyReport) -> None:
+    """The collectives rule: every collective gave the mathematically expected result on every rank, on the input's
+    device."""
     world = report.devices
     expected = {
         "all_reduce_sum": [world * (world + 1) / 2],
@@ -319,6 +324,7 @@ def check_collectives(report: StrategyReport) -> None:
 
 
 def check_training(report: StrategyReport, atol: float = 1e-5, rtol: float = 1e-4, epochs: int = reference.EPOCHS) -> None:
+    """The training rule: all ranks hold the same parameters, within tolerance of plain PyTorch on one device."""
     truth = reference.reference_parameters(epochs)
     first = report.ranks[0]["parameters"]
     if set(first) != set(truth):
@@ -343,6 +349,8 @@ def check_training(report: StrategyReport, atol: float = 1e-5, rtol: float = 1e-
 
 
 def check_state_round_trip(report: StrategyReport, epochs: int = reference.EPOCHS) -> None:
+    """The save/restore rule: parameters, optimizer state and plain values come back exactly and continue
+    identically."""
     for ranked in report.ranks:
         restore = ranked["restore"]
         where = f"rank {ranked['rank']}"

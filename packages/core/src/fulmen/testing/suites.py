@@ -54,15 +54,22 @@ class StrategyConformance:
         )
 
     def test_process_layout(self, strategy_report):
+        """Ranks ``0..devices-1`` each run once, agree on ``world_size``, and only rank 0 is global zero."""
         _strategy.check_layout(strategy_report)
 
     def test_collectives(self, strategy_report):
+        """``all_reduce``, ``all_gather``, ``broadcast``, ``all_gather_object`` and ``barrier`` give the expected
+        results on every rank."""
         _strategy.check_collectives(strategy_report)
 
     def test_trains_like_one_device(self, strategy_report):
+        """Training the reference problem ends, on every rank, within ``atol``/``rtol`` of one device on the
+        global batches."""
         _strategy.check_training(strategy_report, self.atol, self.rtol, self.epochs)
 
     def test_saves_and_restores_exact_state(self, strategy_report):
+        """``fabric.save`` then ``fabric.load`` restores model and optimizer bit for bit, and both continue
+        identically."""
         _strategy.check_state_round_trip(strategy_report, self.epochs)
 
 
@@ -74,12 +81,17 @@ class AcceleratorConformance:
     rtol: float = 1e-3
 
     def test_class_api(self):
+        """``name``, ``device_type``, ``auto_priority``, ``is_available()`` and ``device_count()`` answer on the
+        class, cheaply."""
         _accelerator.check_class_api(_required(type(self), "accelerator"))
 
     def test_devices(self):
+        """Where available: ``parse_devices`` accepts good values and refuses bad ones; tensor math on the device
+        works."""
         _accelerator.check_devices(_required(type(self), "accelerator"))
 
     def test_trains_like_cpu(self, tmp_path):
+        """The reference problem trained on one device of it ends close to the CPU result."""
         accelerator = _required(type(self), "accelerator")
         if not isinstance(accelerator, str) or ":" in accelerator:
             pytest.skip("training through Fabric needs the accelerator's registered name")
@@ -101,12 +113,16 @@ class PrecisionConformance:
             pytest.skip(f"precision {type(self).precision!r} on {self.accelerator}: {reason}")
 
     def test_hooks(self):
+        """The context managers restore the default dtype; ``convert_input`` keeps structure, integers and non-
+        tensors."""
         _precision.check_hooks(type(self).precision)
 
     def test_state_dict_round_trip(self):
+        """``state_dict()`` loaded into a fresh instance comes back unchanged."""
         _precision.check_state_dict(type(self).precision, self.accelerator)
 
     def test_trains_close_to_float32(self, tmp_path):
+        """Training is finite, the loss falls, parameters end near float32's, and save/load is exact."""
         _precision.check_training_and_state(type(self).precision, self.accelerator, self.atol, self.rtol, tmp_path)
 
 
@@ -120,20 +136,29 @@ class LoggerConformance:
     logger: Any = None
 
     def read_metrics(self, logger: Any) -> Mapping[int, Mapping[str, float]]:
+        """Return what ``logger`` stored as ``{step: {name: value}}`` (called after ``finalize``);
+        implement it in your subclass, since only you know where your logger writes."""
         raise NotImplementedError(
             f"{type(self).__name__} must implement read_metrics(self, logger) -> {{step: {{name: value}}}}"
         )
 
     def test_identity(self, tmp_path):
+        """``name`` is a string, ``version`` an int, a string or None, ``log_dir`` a string or None."""
         _logger.check_identity(_required(type(self), "logger"), tmp_path)
 
     def test_records_every_step(self, tmp_path):
+        """Every step given to ``log_metrics`` is stored with every value, names that appear on some steps only
+        included."""
         _logger.check_records_every_step(_required(type(self), "logger"), self.read_metrics, tmp_path)
 
     def test_survives_an_error_in_training(self, tmp_path):
+        """After training raises, ``finalize('failed')`` keeps every step logged before and does not raise;
+        ``save()`` still works."""
         _logger.check_survives_error(_required(type(self), "logger"), self.read_metrics, tmp_path)
 
     def test_state_round_trip(self, tmp_path):
+        """A fresh logger given ``state_dict()`` reports the same ``version``, so a resumed run writes to the
+        same place."""
         _logger.check_state_round_trip(_required(type(self), "logger"), tmp_path)
 
 
@@ -146,12 +171,16 @@ class ClusterEnvironmentConformance:
     always_detects: bool = False  # a fallback such as "local" that matches everywhere
 
     def test_detection(self):
+        """``detect()`` is False with no scheduler variable set (unless ``always_detects``) and True under
+        ``variables``."""
         _environment.check_detection(_required(type(self), "environment"), self.variables, self.always_detects)
 
     def test_values(self):
+        """Under ``variables`` every value equals ``expected``, ranks are consistent ints, and the object pickles."""
         _environment.check_values(_required(type(self), "environment"), self.variables, self.expected)
 
     def test_detection_priority(self):
+        """fulmen's detection, trying every registered environment by priority, picks this one under ``variables``."""
         environment = _required(type(self), "environment")
         if not isinstance(environment, str) or ":" in environment:
             pytest.skip("the priority check needs the environment's registered name")
@@ -164,12 +193,15 @@ class CheckpointIOConformance:
     checkpoint_io: Any = None
 
     def test_round_trip(self, tmp_path):
+        """A checkpoint of many dtypes and plain values loads back exactly, as it was when saved."""
         _checkpoint_io.check_round_trip(_required(type(self), "checkpoint_io"), tmp_path)
 
     def test_overwrite_and_remove(self, tmp_path):
+        """Saving over a path replaces it; removing deletes, twice is quiet; loading a missing path raises."""
         _checkpoint_io.check_overwrite_and_remove(_required(type(self), "checkpoint_io"), tmp_path)
 
     def test_failed_write_is_atomic(self, tmp_path):
+        """A write that fails half-way raises and leaves the previous file intact, with no partial file beside it."""
         _checkpoint_io.check_atomic(_required(type(self), "checkpoint_io"), tmp_path)
 
 

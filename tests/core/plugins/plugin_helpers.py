@@ -17,10 +17,10 @@ import textwrap
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Sequence
 
-from fulmen.plugins import discovery
+from fulmen.plugins import discovery, policy
 
 TESTS_DIR = Path(__file__).resolve().parents[2]
-FULMEN_ENV = (discovery.ENV_DISABLE_AUTOLOAD, discovery.ENV_ALLOW, discovery.ENV_DENY)
+FULMEN_ENV = (policy.ENV_DISABLE_AUTOLOAD, policy.ENV_ALLOW, policy.ENV_DENY)
 
 
 def write_dist(

@@ -18,7 +18,7 @@ from plugin_helpers import write_dist
 import fulmen
 from fulmen.errors import FulmenConfigError, FulmenPluginError, FulmenPluginWarning
 from fulmen.plugins import config as plugin_config
-from fulmen.plugins import discovery
+from fulmen.plugins import policy
 
 CONFIG_ENV = ("FULMEN_CONFIG", "FULMEN_REQUIRE_PLUGINS", *plugin_config.ENV_DEFAULTS.values())
 
@@ -170,7 +170,7 @@ def test_allow_in_the_file_adds_to_the_environment_and_arguments(project, tmp_pa
                  plugin_dist(tmp_path, "fulmen-beta", "beta", "beta_strategy"),
                  plugin_dist(tmp_path, "fulmen-gamma", "gamma", "gamma_strategy"))
     project('allow = ["alpha"]\n')
-    monkeypatch.setenv(discovery.ENV_ALLOW, "beta")
+    monkeypatch.setenv(policy.ENV_ALLOW, "beta")
     names = fulmen.Fabric(accelerator="cpu").registry.names("strategy")
     assert {"alpha_strategy", "beta_strategy"} <= set(names) and "gamma_strategy" not in names
     assert "gamma_strategy" in fulmen.Fabric(accelerator="cpu", allow_plugins=["gamma"]).registry.names("strategy")
@@ -220,7 +220,7 @@ def test_required_plugin_loads_with_autoload_off_and_outside_the_allow_list(proj
     plugin_sites(plugin_dist(tmp_path, "fulmen-alpha", "alpha", "alpha_strategy"),
                  plugin_dist(tmp_path, "fulmen-beta", "beta", "beta_strategy"))
     project('allow = ["beta"]\n[require]\nalpha = ">=1"\n')
-    monkeypatch.setenv(discovery.ENV_DISABLE_AUTOLOAD, "1")
+    monkeypatch.setenv(policy.ENV_DISABLE_AUTOLOAD, "1")
     names = fulmen.Fabric(accelerator="cpu").registry.names("strategy")
     assert "alpha_strategy" in names and "beta_strategy" in names
 

@@ -18,7 +18,7 @@ from plugin_helpers import write_dist
 import fulmen
 from fulmen.cli import main as fulmen_cli
 from fulmen.errors import FulmenConfigError, FulmenPluginError, FulmenPluginWarning
-from fulmen.plugins import discovery
+from fulmen.plugins import discovery, policy
 
 OFFICIAL = ("fsdp", "deepspeed", "xla", "loggers")
 
@@ -114,7 +114,8 @@ def test_broken_plugin_asked_for_by_name_raises_its_recorded_reason(tmp_path, pl
                                                     "RuntimeError: boom from the broken plugin"):
             fulmen.Fabric(accelerator="cpu", plugins=["broken"])
     # A name no plugin registered lists the broken plugin as a possible provider.
-    with pytest.raises(FulmenConfigError, match="could not be used and may provide it: broken: import of"):
+    with pytest.raises(FulmenConfigError, match=r"not loaded and may provide it:\n  - plugin 'broken' "
+                                                r"\(distribution fulmen-broken 1\.0\.0\) failed to load: import of"):
         fulmen.Fabric(accelerator="cpu", strategy="something_broken_might_provide")
 
 
@@ -192,7 +193,7 @@ def test_two_distributions_declaring_one_entry_point_name_warn_at_scan(tmp_path,
                                             ("0", False), ("false", False), ("", False)])
 def test_disable_autoload_values(value, disabled, tmp_path, plugin_sites, monkeypatch):
     plugin_sites(strategy_dist(tmp_path, "fulmen-alpha", "alpha", "alpha_strategy"))
-    monkeypatch.setenv(discovery.ENV_DISABLE_AUTOLOAD, value)
+    monkeypatch.setenv(policy.ENV_DISABLE_AUTOLOAD, value)
     names = fulmen.Fabric(accelerator="cpu").registry.names("strategy")
     assert ("alpha_strategy" not in names) is disabled
     assert "single_device" in names
@@ -200,14 +201,14 @@ def test_disable_autoload_values(value, disabled, tmp_path, plugin_sites, monkey
 
 def test_disable_autoload_shows_disabled_and_builtins_still_train(tmp_path, plugin_sites, monkeypatch, capsys):
     plugin_sites(strategy_dist(tmp_path, "fulmen-alpha", "alpha", "alpha_strategy"))
-    monkeypatch.setenv(discovery.ENV_DISABLE_AUTOLOAD, "1")
+    monkeypatch.setenv(policy.ENV_DISABLE_AUTOLOAD, "1")
 
     rows = cli_json(capsys)
     assert rows["fulmen"]["status"] == "loaded"
     assert "single_device" in rows["fulmen"]["registers"]["strategy"]
     for name in (*OFFICIAL, "alpha"):
         assert rows[name]["status"] == "disabled", rows[name]
-        assert discovery.ENV_DISABLE_AUTOLOAD in rows[name]["reason"]
+        assert policy.ENV_DISABLE_AUTOLOAD in rows[name]["reason"]
 
     trainer = quiet_trainer(tmp_path, max_steps=2, logger="csv", enable_checkpointing=False)
     trainer.fit(BoringModule(), loader())
@@ -216,15 +217,15 @@ def test_disable_autoload_shows_disabled_and_builtins_still_train(tmp_path, plug
     assert "alpha_fulmen_plugin" not in sys.modules  # disabled plugins are never imported
     assert trainer.fabric.registry.loaded_distributions == {}
     with pytest.raises(FulmenConfigError, match="comes from fulmen-strategy-fsdp, which could not be used: "
-                                                + discovery.ENV_DISABLE_AUTOLOAD):
+                                                + policy.ENV_DISABLE_AUTOLOAD):
         quiet_trainer(tmp_path, strategy="fsdp")
 
 
 def test_disable_autoload_with_allow_list_loads_only_the_allowed(tmp_path, plugin_sites, monkeypatch):
     plugin_sites(strategy_dist(tmp_path, "fulmen-alpha", "alpha", "alpha_strategy"),
                  strategy_dist(tmp_path, "fulmen-beta", "beta", "beta_strategy"))
-    monkeypatch.setenv(discovery.ENV_DISABLE_AUTOLOAD, "1")
-    monkeypatch.setenv(discovery.ENV_ALLOW, "alpha")
+    monkeypatch.setenv(policy.ENV_DISABLE_AUTOLOAD, "1")
+    monkeypatch.setenv(policy.ENV_ALLOW, "alpha")
     fabric = fulmen.Fabric(accelerator="cpu", strategy="alpha_strategy")
     assert fabric.strategy.origin == "alpha_fulmen_plugin"
     assert "beta_strategy" not in fabric.registry.names("strategy")
@@ -240,17 +241,17 @@ def _registry_of(api, tmp_path, **kwargs):
 
 CASES = {
     # name: (environment, arguments, expected strategies among alpha/beta, fsdp loaded)
-    "env-deny": ({discovery.ENV_DENY: "alpha"}, {}, {"beta_strategy"}, True),
-    "env-deny-by-distribution": ({discovery.ENV_DENY: "fulmen-alpha, fulmen-strategy-fsdp"}, {},
+    "env-deny": ({policy.ENV_DENY: "alpha"}, {}, {"beta_strategy"}, True),
+    "env-deny-by-distribution": ({policy.ENV_DENY: "fulmen-alpha, fulmen-strategy-fsdp"}, {},
                                  {"beta_strategy"}, False),
-    "env-allow": ({discovery.ENV_ALLOW: "alpha"}, {}, {"alpha_strategy"}, False),
+    "env-allow": ({policy.ENV_ALLOW: "alpha"}, {}, {"alpha_strategy"}, False),
     "arg-deny": ({}, {"deny_plugins": ["alpha"]}, {"beta_strategy"}, True),
     "arg-deny-string": ({}, {"deny_plugins": "alpha,beta"}, set(), True),
     "arg-allow": ({}, {"allow_plugins": ["beta", "fsdp"]}, {"beta_strategy"}, True),
     "arg-allow-by-distribution": ({}, {"allow_plugins": ["Fulmen_Beta"]}, {"beta_strategy"}, False),
-    "env-and-arg-allow-add-up": ({discovery.ENV_ALLOW: "alpha"}, {"allow_plugins": ["beta"]},
+    "env-and-arg-allow-add-up": ({policy.ENV_ALLOW: "alpha"}, {"allow_plugins": ["beta"]},
                                  {"alpha_strategy", "beta_strategy"}, False),
-    "deny-beats-allow": ({discovery.ENV_DENY: "alpha"}, {"allow_plugins": ["alpha", "beta"]},
+    "deny-beats-allow": ({policy.ENV_DENY: "alpha"}, {"allow_plugins": ["alpha", "beta"]},
                          {"beta_strategy"}, False),
 }
 
@@ -276,8 +277,8 @@ def test_allow_and_deny_lists(case, api, tmp_path, plugin_sites, monkeypatch):
 
 def test_denied_plugin_is_reported_as_disabled_with_the_reason(tmp_path, plugin_sites, monkeypatch, capsys):
     plugin_sites(strategy_dist(tmp_path, "fulmen-alpha", "alpha", "alpha_strategy"))
-    monkeypatch.setenv(discovery.ENV_DENY, "alpha")
-    monkeypatch.setenv(discovery.ENV_ALLOW, "alpha,fsdp")
+    monkeypatch.setenv(policy.ENV_DENY, "alpha")
+    monkeypatch.setenv(policy.ENV_ALLOW, "alpha,fsdp")
     rows = cli_json(capsys)
     assert rows["alpha"]["status"] == "disabled"
     assert "deny list" in rows["alpha"]["reason"]

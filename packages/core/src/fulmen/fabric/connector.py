@@ -12,19 +12,9 @@ from fulmen.accelerators.base import Accelerator
 from fulmen.environments.base import ClusterEnvironment
 from fulmen.errors import FulmenConfigError
 from fulmen.io.checkpoint_io import CheckpointIO
-from fulmen.plugins.registry import Registry
+from fulmen.plugins.registry import PRECISION_ALIASES, Registry, canonical_precision
 from fulmen.precision.base import Precision
 from fulmen.strategies.base import Strategy
-
-# Spellings Lightning users type, mapped to fulmen's names.
-PRECISION_ALIASES = {
-    "32": "32-true",
-    "64": "64-true",
-    "16": "16-mixed",
-    "bf16": "bf16-mixed",
-    "half": "16-true",
-    "double": "64-true",
-}
 
 
 # What ``plugins=`` may hold besides hook-implementing objects and names.
@@ -81,8 +71,7 @@ def resolve_precision(precision: Union[str, int, Precision, None], registry: Reg
     if isinstance(precision, Precision):
         return precision
     name = "32-true" if precision is None else str(precision)
-    name = PRECISION_ALIASES.get(name, name)
-    return registry.create("precision", name)
+    return registry.create("precision", canonical_precision(name))
 
 
 def resolve_accelerator(accelerator: Union[str, Accelerator, None], registry: Registry) -> Accelerator:

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Tuple
 
 from fulmen.errors import FulmenError, FulmenPluginWarning
 from fulmen.plugins import config as plugin_config
-from fulmen.plugins import discovery
+from fulmen.plugins import discovery, policy
 
 
 def collect() -> Dict[str, Any]:
@@ -32,16 +32,16 @@ def collect() -> Dict[str, Any]:
     plugin_set, build_warnings = _build(problems)
     records = list(discovery.records().values())
     try:
-        allow, deny = discovery.effective_lists()
+        allow, deny = policy.effective_lists()
     except FulmenError:
         allow, deny = cfg.allow, cfg.deny
     disabled = plugin_set.disabled if plugin_set is not None else {}
 
-    problems += cfg.requirement_problems(records, deny, disabled)
+    problems += plugin_config.requirement_problems(cfg, records, deny, disabled)
     for record in records:
         if record.name in disabled:
             continue
-        if record.status in (discovery.FAILED, discovery.INCOMPATIBLE) and not cfg.is_required(record):
+        if record.status in (discovery.FAILED, discovery.INCOMPATIBLE) and not policy.is_required(cfg, record):
             problems.append(
                 f"plugin {record.name!r} ({record.distribution} {record.version}) is {record.status}: {record.reason}"
             )
@@ -112,14 +112,11 @@ def _duplicate_entry_points() -> List[str]:
 
 
 def _default_problems(cfg: plugin_config.PluginConfig, registry: Any) -> List[str]:
-    from fulmen.fabric.connector import PRECISION_ALIASES
-
-    extra = {"accelerator": ("auto", "gpu"), "strategy": ("auto",), "precision": tuple(PRECISION_ALIASES), "logger": ()}
     problems = []
     for kind, (value, source) in cfg.defaults.items():
         names = value if isinstance(value, list) else [] if value is False else [value]
         for name in names:
-            if str(name) not in extra[kind] and str(name) not in registry.tables[kind]:
+            if not plugin_config.names_a_default(registry, kind, name):
                 problems.append(
                     f"the default {kind} {name!r} (from {source}) is not registered: "
                     f"{registry.unknown_name_message(kind, str(name))}"
@@ -131,7 +128,7 @@ def _allow_problems(cfg: plugin_config.PluginConfig, records: List[discovery.Plu
     problems = []
     for layer in cfg.layers:
         for name in sorted(layer.allow or ()):
-            if not any(discovery.is_listed(record, {name}) for record in records):
+            if not any(policy.is_listed(record, {name}) for record in records):
                 problems.append(
                     f"the allow list of {layer.source} names {name!r}, but no installed plugin or distribution "
                     f"is called that"

@@ -1,224 +1,166 @@
-"""Curated distributions: what a platform team pins for its users.
+"""Applying a curated distribution's configuration to a Trainer/Fabric: required plugins
+and defaults.
 
-A configuration says which plugins may load (``allow``), which never load (``deny``, also
-spelled ``block``), which must be installed and at which versions (``require``), and the
-accelerator, strategy, precision and logger a ``Trainer``/``Fabric`` uses when the user
-passes none (``defaults``). It is read from, lowest precedence first:
+``fulmen.plugins.settings`` reads and merges the configuration (``fulmen.toml``,
+``[tool.fulmen]``, ``fulmen.config`` entry points, ``FULMEN_*`` variables);
+``fulmen.plugins.policy`` decides which plugins load from its allow and deny lists. What is
+left happens here, when a Trainer/Fabric is built:
 
-1. configurations shipped by installed distributions: an entry point in the
-   ``fulmen.config`` group names a package holding a ``fulmen.toml`` (or a ``module:attr``
-   that is a dict or a path), so a meta-package applies its settings on install;
-2. the project file: ``FULMEN_CONFIG=path`` if set (``none`` switches project files off),
-   otherwise the nearest ``fulmen.toml`` or ``pyproject.toml`` with a ``[tool.fulmen]``
-   table, from the working directory upward;
-3. the environment: ``FULMEN_REQUIRE_PLUGINS``, ``FULMEN_DEFAULT_ACCELERATOR`` /
-   ``_STRATEGY`` / ``_PRECISION`` / ``_LOGGER`` (``FULMEN_PLUGINS_ALLOW`` and
-   ``FULMEN_PLUGINS_DENY`` are read by discovery itself).
+- ``require``: every required plugin must be installed at a matching version, loadable, and
+  not denied; otherwise the Trainer/Fabric refuses to start, before any training, with one
+  line per problem (``enforce``);
+- ``defaults``: an accelerator, strategy, precision or logger the user left unset (``"auto"``
+  or ``None``) is taken from the configuration, and must name something registered
+  (``apply_defaults``, ``default_logger``). An argument the user passes beats every default.
 
-Layers combine so that a platform keeps control: deny lists add up and cannot be undone by
-a later layer; allow lists add up (a project may allow one more plugin); requirements on the
-same plugin must all hold; a default from a higher layer replaces a lower one, and an
-argument the user passes beats every default.
+The reading side's public names (``active``, ``PluginConfig``, ``parse_requirement_list``,
+``ENV_DEFAULTS``, ...) stay importable from here, where callers have always found them.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-import threading
-from dataclasses import dataclass, field
-from importlib import metadata
-from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from fulmen.errors import FulmenConfigError, FulmenPluginError
-from fulmen.plugins import discovery
+from fulmen.plugins import discovery, policy
+from fulmen.plugins.registry import OFFICIAL_PLUGINS, PRECISION_ALIASES
+from fulmen.plugins.settings import (  # noqa: F401  (re-exported: the reading side's public names)
+    CONFIG_ENTRY_POINT_GROUP,
+    CONFIG_FILE,
+    DEFAULT_KINDS,
+    ENV_CONFIG,
+    ENV_DEFAULTS,
+    ENV_REQUIRE,
+    KEYS,
+    Layer,
+    PluginConfig,
+    RequiredPlugin,
+    active,
+    environment_layer,
+    find_project_file,
+    installed_layers,
+    merge,
+    parse_requirement_list,
+    parse_table,
+    project_layer,
+)
 
-CONFIG_ENTRY_POINT_GROUP = "fulmen.config"
-CONFIG_FILE = "fulmen.toml"
-ENV_CONFIG = "FULMEN_CONFIG"
-ENV_REQUIRE = "FULMEN_REQUIRE_PLUGINS"
-DEFAULT_KINDS = ("accelerator", "strategy", "precision", "logger")
-ENV_DEFAULTS = {kind: f"FULMEN_DEFAULT_{kind.upper()}" for kind in DEFAULT_KINDS}
-KEYS = ("allow", "deny", "block", "require", "defaults")
-
-# Official plugins by entry-point name, for the ``pip install`` line of a missing requirement.
-OFFICIAL_DISTRIBUTIONS = {
-    "fsdp": "fulmen-strategy-fsdp",
-    "deepspeed": "fulmen-strategy-deepspeed",
-    "xla": "fulmen-accelerator-xla",
-    "loggers": "fulmen-loggers",
+# Names a default may hold besides the registered ones (resolved later by the connector).
+EXTRA_DEFAULT_NAMES: Dict[str, Tuple[str, ...]] = {
+    "accelerator": ("auto", "gpu"),
+    "strategy": ("auto",),
+    "precision": tuple(PRECISION_ALIASES),
+    "logger": (),
 }
 
 
-@dataclass(frozen=True)
-class Layer:
-    """One source of settings: a file, a distribution's shipped config, or the environment."""
-
-    source: str
-    allow: Optional[frozenset] = None
-    deny: frozenset = frozenset()
-    require: Tuple[Requirement, ...] = ()
-    defaults: Tuple[Tuple[str, Any], ...] = ()
+# ---------------------------------------------------------------------------- requirements
 
 
-@dataclass
-class RequiredPlugin:
-    """A required plugin after merging: every layer's specifier must hold."""
-
-    name: str
-    specifier: SpecifierSet
-    sources: List[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return f"{self.name}{self.specifier}"
-
-
-@dataclass
-class PluginConfig:
-    """The merged configuration every Trainer/Fabric of this process starts from."""
-
-    layers: List[Layer] = field(default_factory=list)
-    allow: Optional[set] = None
-    deny: set = field(default_factory=set)
-    require: Dict[str, RequiredPlugin] = field(default_factory=dict)
-    defaults: Dict[str, Tuple[Any, str]] = field(default_factory=dict)  # kind → (value, source)
-
-    @property
-    def sources(self) -> List[str]:
-        return [layer.source for layer in self.layers]
-
-    # ------------------------------------------------------------------ requirements
-    def requirement_for(self, record: discovery.PluginRecord) -> Optional[RequiredPlugin]:
-        for key, req in self.require.items():
-            if _names_record(key, record):
-                return req
-        return None
-
-    def requirement_problems(
-        self, records: Iterable[discovery.PluginRecord], deny: Optional[set], disabled: Optional[Dict[str, str]] = None
-    ) -> List[str]:
-        """Why the installed plugins do not meet ``require``; empty when they do."""
-        records = list(records)
-        disabled = disabled or {}
-        problems = []
-        for key, req in self.require.items():
-            origin = ", ".join(req.sources)
-            if canonicalize_name(key) == "fulmen":
-                installed = discovery.fulmen_version()
-                if not _version_ok(req.specifier, installed):
-                    problems.append(
-                        f"required fulmen{req.specifier} (from {origin}) but found fulmen {installed}; "
-                        f"pip install 'fulmen{req.specifier}'"
-                    )
-                continue
-            matches = [r for r in records if _names_record(key, r)]
-            if not matches:
-                installed = ", ".join(sorted(r.name for r in records)) or "none"
+def requirement_problems(
+    config: PluginConfig,
+    records: Iterable[discovery.PluginRecord],
+    deny: Optional[set],
+    disabled: Optional[Dict[str, str]] = None,
+) -> List[str]:
+    """Why the installed plugins do not meet ``config.require``; empty when they do."""
+    records = list(records)
+    disabled = disabled or {}
+    problems = []
+    for key, req in config.require.items():
+        origin = ", ".join(req.sources)
+        if canonicalize_name(key) == "fulmen":
+            installed = discovery.fulmen_version()
+            if not _version_ok(req.specifier, installed):
                 problems.append(
-                    f"required plugin {key!r} ({req}, from {origin}) is not installed; installed plugins: "
-                    f"{installed}. Fix: pip install '{_pip_name(key)}{req.specifier}'"
+                    f"required fulmen{req.specifier} (from {origin}) but found fulmen {installed}; "
+                    f"pip install 'fulmen{req.specifier}'"
                 )
-                continue
-            for record in matches:
-                what = f"required plugin {key!r} (from {origin})"
-                dist = record.distribution or record.name
-                if str(req.specifier) and not _version_ok(req.specifier, record.version):
-                    problems.append(
-                        f"{what} needs {dist}{req.specifier} but {dist} {record.version or '(unknown version)'} "
-                        f"is installed. Fix: pip install '{dist}{req.specifier}'"
-                    )
-                elif discovery.is_listed(record, deny):
-                    problems.append(f"{what} is also denied (deny list, FULMEN_PLUGINS_DENY or deny_plugins=); "
-                                    f"remove it from one of the two")
-                elif record.status in (discovery.FAILED, discovery.INCOMPATIBLE):
-                    problems.append(f"{what} is installed ({dist} {record.version}) but cannot be used: {record.reason}")
-                elif record.name in disabled:
-                    problems.append(f"{what} is disabled: {disabled[record.name]}")
-        return problems
-
-    def enforce(self, plugin_set: Any) -> None:
-        """Raise before any training when a required plugin is missing, mismatched or broken."""
-        if not self.require:
-            return
-        _, deny = discovery.effective_lists()
-        problems = self.requirement_problems(plugin_set.records, deny, plugin_set.disabled)
-        if problems:
-            raise FulmenPluginError(
-                "the plugin configuration is not met:\n  - " + "\n  - ".join(problems)
-                + "\n(run `fulmen plugins --check` to see the whole installed set)"
+            continue
+        matches = [r for r in records if policy.is_listed(r, {key})]
+        if not matches:
+            installed = ", ".join(sorted(r.name for r in records)) or "none"
+            problems.append(
+                f"required plugin {key!r} ({req}, from {origin}) is not installed; installed plugins: "
+                f"{installed}. Fix: pip install '{OFFICIAL_PLUGINS.get(key, key)}{req.specifier}'"
             )
-
-    # ------------------------------------------------------------------ defaults
-    def default(self, kind: str) -> Tuple[Any, Optional[str]]:
-        value, source = self.defaults.get(kind, (None, None))
-        return value, source
-
-    def apply_defaults(self, registry: Any, accelerator: Any, strategy: Any, precision: Any) -> Tuple[Any, Any, Any]:
-        """The configured defaults in place of arguments the user left unset."""
-        if accelerator is None or accelerator == "auto":
-            accelerator = self._checked(registry, "accelerator", accelerator, extra=("auto", "gpu"))
-        if strategy is None or strategy == "auto":
-            strategy = self._checked(registry, "strategy", strategy, extra=("auto",))
-        if precision is None:
-            from fulmen.fabric.connector import PRECISION_ALIASES
-
-            precision = self._checked(registry, "precision", precision, extra=tuple(PRECISION_ALIASES))
-        return accelerator, strategy, precision
-
-    def default_logger(self, logger: Any) -> Any:
-        """``Trainer(logger=None/True)`` → the configured logger(s) (``False`` for none)."""
-        if logger is None or logger is True:
-            value, _ = self.default("logger")
-            if value is not None:
-                return value
-        return logger
-
-    def _checked(self, registry: Any, kind: str, given: Any, extra: Sequence[str] = ()) -> Any:
-        value, source = self.default(kind)
-        if value is None:
-            return given
-        if str(value) not in extra and str(value) not in registry.tables[kind]:
-            raise FulmenConfigError(
-                f"the default {kind} {value!r} set by {source} is not available: "
-                f"{registry.unknown_name_message(kind, str(value))}"
-            )
-        return value
-
-    # ------------------------------------------------------------------ discovery
-    def is_required(self, record: discovery.PluginRecord) -> bool:
-        return self.requirement_for(record) is not None
-
-    def describe(self) -> Dict[str, Any]:
-        return {
-            "sources": self.sources,
-            "allow": sorted(self.allow) if self.allow is not None else None,
-            "deny": sorted(self.deny),
-            "require": {name: str(req.specifier) for name, req in self.require.items()},
-            "defaults": {kind: value for kind, (value, _) in self.defaults.items()},
-        }
+            continue
+        for record in matches:
+            what = f"required plugin {key!r} (from {origin})"
+            dist = record.distribution or record.name
+            if str(req.specifier) and not _version_ok(req.specifier, record.version):
+                problems.append(
+                    f"{what} needs {dist}{req.specifier} but {dist} {record.version or '(unknown version)'} "
+                    f"is installed. Fix: pip install '{dist}{req.specifier}'"
+                )
+            elif policy.is_listed(record, deny):
+                problems.append(f"{what} is also denied (deny list, FULMEN_PLUGINS_DENY or deny_plugins=); "
+                                f"remove it from one of the two")
+            elif record.status in (discovery.FAILED, discovery.INCOMPATIBLE):
+                problems.append(f"{what} is installed ({dist} {record.version}) but cannot be used: {record.reason}")
+            elif record.name in disabled:
+                problems.append(f"{what} is disabled: {disabled[record.name]}")
+    return problems
 
 
-def disabled_reason(
-    config: PluginConfig, record: discovery.PluginRecord, allow: Optional[set], deny: Optional[set]
-) -> Optional[str]:
-    """Like ``discovery.disabled_reason``, except that a required plugin is loaded even with
-    autoload off or outside the allow list (requiring it is asking for it by name), but
-    never past the deny list."""
-    reason = discovery.disabled_reason(record, allow, deny)
-    if reason is not None and not discovery.is_listed(record, deny) and config.is_required(record):
-        return None
-    return reason
+def enforce(config: PluginConfig, plugin_set: Any) -> None:
+    """Raise before any training when a required plugin is missing, mismatched or broken."""
+    if not config.require:
+        return
+    _, deny = policy.effective_lists()
+    problems = requirement_problems(config, plugin_set.records, deny, plugin_set.disabled)
+    if problems:
+        raise FulmenPluginError(
+            "the plugin configuration is not met:\n  - " + "\n  - ".join(problems)
+            + "\n(run `fulmen plugins --check` to see the whole installed set)"
+        )
+
+
+# ---------------------------------------------------------------------------- defaults
+
+
+def apply_defaults(
+    config: PluginConfig, registry: Any, accelerator: Any, strategy: Any, precision: Any
+) -> Tuple[Any, Any, Any]:
+    """The configured defaults in place of arguments the user left unset."""
+    if accelerator is None or accelerator == "auto":
+        accelerator = _checked_default(config, registry, "accelerator", accelerator)
+    if strategy is None or strategy == "auto":
+        strategy = _checked_default(config, registry, "strategy", strategy)
+    if precision is None:
+        precision = _checked_default(config, registry, "precision", precision)
+    return accelerator, strategy, precision
+
+
+def names_a_default(registry: Any, kind: str, name: Any) -> bool:
+    """Can a default of ``kind`` hold ``name``: registered, or one the connector resolves."""
+    return str(name) in EXTRA_DEFAULT_NAMES[kind] or str(name) in registry.tables[kind]
+
+
+def _checked_default(config: PluginConfig, registry: Any, kind: str, given: Any) -> Any:
+    value, source = config.default(kind)
+    if value is None:
+        return given
+    if not names_a_default(registry, kind, value):
+        raise FulmenConfigError(
+            f"the default {kind} {value!r} set by {source} is not available: "
+            f"{registry.unknown_name_message(kind, str(value))}"
+        )
+    return value
 
 
 def default_logger(logger: Any, plugin_set: Any) -> Any:
+    """``Trainer(logger=None/True)`` → the configured logger(s) (``False`` for none)."""
     config = getattr(plugin_set, "config", None)
-    return config.default_logger(logger) if config is not None else logger
+    if config is not None and (logger is None or logger is True):
+        value, _ = config.default("logger")
+        if value is not None:
+            return value
+    return logger
 
 
 def apply(plugin_set: Any, accelerator: Any, strategy: Any, precision: Any) -> Tuple[Any, Any, Any]:
@@ -226,297 +168,11 @@ def apply(plugin_set: Any, accelerator: Any, strategy: Any, precision: Any) -> T
     config = getattr(plugin_set, "config", None)
     if config is None:
         return accelerator, strategy, precision
-    config.enforce(plugin_set)
-    return config.apply_defaults(plugin_set.registry, accelerator, strategy, precision)
-
-
-# ---------------------------------------------------------------------------- loading
-
-_lock = threading.Lock()
-_file_cache: Dict[Tuple[str, int, int], Optional[Layer]] = {}
-_installed_cache: Tuple[Any, List[Layer]] = (None, [])
-
-
-def active(start: Optional[os.PathLike] = None) -> PluginConfig:
-    """The configuration in effect for a Trainer created now (files are re-read when they
-    change; installed distributions' configs are read once per discovery scan)."""
-    layers = installed_layers()
-    project = project_layer(start)
-    if project is not None:
-        layers.append(project)
-    env = environment_layer()
-    if env is not None:
-        layers.append(env)
-    return merge(layers)
-
-
-def merge(layers: Sequence[Layer]) -> PluginConfig:
-    config = PluginConfig(layers=list(layers))
-    for layer in layers:
-        if layer.allow is not None:
-            config.allow = (config.allow or set()) | set(layer.allow)
-        config.deny |= set(layer.deny)
-        for req in layer.require:
-            key = req.name
-            found = next((k for k in config.require if canonicalize_name(k) == canonicalize_name(key)), None)
-            if found is None:
-                config.require[key] = RequiredPlugin(key, SpecifierSet(str(req.specifier)), [layer.source])
-            else:
-                merged = config.require[found]
-                merged.specifier = merged.specifier & req.specifier
-                merged.sources.append(layer.source)
-        for kind, value in layer.defaults:
-            config.defaults[kind] = (value, layer.source)
-    return config
-
-
-def find_project_file(start: Optional[os.PathLike] = None) -> Optional[Path]:
-    """``FULMEN_CONFIG``, or the nearest ``fulmen.toml`` / ``pyproject.toml`` with a
-    ``[tool.fulmen]`` table from ``start`` (the working directory) upward."""
-    explicit = os.environ.get(ENV_CONFIG, "").strip()
-    if explicit:
-        if explicit.lower() == "none":
-            return None
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise FulmenConfigError(f"{ENV_CONFIG}={explicit!r} names no file; point it at a fulmen.toml or pyproject.toml")
-        return path
-    here = Path(start or os.getcwd()).resolve()
-    for directory in (here, *here.parents):
-        candidate = directory / CONFIG_FILE
-        if candidate.is_file():
-            return candidate
-        candidate = directory / "pyproject.toml"
-        if candidate.is_file() and _cached_file_layer(candidate) is not None:
-            return candidate
-    return None
-
-
-def project_layer(start: Optional[os.PathLike] = None) -> Optional[Layer]:
-    path = find_project_file(start)
-    if path is None:
-        return None
-    layer = _cached_file_layer(path)
-    if layer is None:  # FULMEN_CONFIG pointed at a pyproject.toml without the table
-        raise FulmenConfigError(f"{path} has no [tool.fulmen] table ({ENV_CONFIG} points at it)")
-    return layer
-
-
-def _cached_file_layer(path: Path) -> Optional[Layer]:
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    with _lock:
-        if key not in _file_cache:
-            _file_cache[key] = _file_layer(path)
-        return _file_cache[key]
-
-
-def _file_layer(path: Path) -> Optional[Layer]:
-    """A ``pyproject.toml``'s ``[tool.fulmen]`` table (None without one); any other file's
-    top level, or its ``[tool.fulmen]`` table if it has one."""
-    data = _read_toml(path)
-    table = data.get("tool", {}).get("fulmen") if isinstance(data.get("tool"), dict) else None
-    if table is not None:
-        return parse_table(table, f"{path} [tool.fulmen]")
-    if path.name == "pyproject.toml":
-        return None
-    return parse_table(data, str(path))
-
-
-def _read_toml(path: Path) -> Dict[str, Any]:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ImportError:
-            raise FulmenConfigError(
-                f"reading {path} needs Python 3.11 or the tomli package: pip install tomli"
-            ) from None
-    try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as exc:
-        raise FulmenConfigError(f"{path} is not valid TOML: {exc}") from None
-
-
-def parse_table(table: Any, source: str) -> Layer:
-    """Validate one ``[tool.fulmen]``-shaped table; errors name the source and the key."""
-    if not isinstance(table, dict):
-        raise FulmenConfigError(f"{source}: the fulmen configuration must be a table, not {type(table).__name__}")
-    unknown = sorted(set(table) - set(KEYS))
-    if unknown:
-        raise FulmenConfigError(
-            f"{source}: unknown key(s) {', '.join(repr(k) for k in unknown)}; known keys: {', '.join(KEYS)}"
-        )
-    allow = _names(table["allow"], f"{source}: allow") if "allow" in table else None
-    deny = _names(table.get("deny", []), f"{source}: deny") | _names(table.get("block", []), f"{source}: block")
-    require = _requirements(table.get("require", {}), source)
-    defaults = _defaults(table.get("defaults", {}), source)
-    return Layer(source, None if allow is None else frozenset(allow), frozenset(deny), require, defaults)
-
-
-def _names(value: Any, where: str) -> set:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise FulmenConfigError(f"{where} must be a list of plugin or distribution names, got {value!r}")
-    return {v.strip() for v in value}
-
-
-def _requirements(value: Any, source: str) -> Tuple[Requirement, ...]:
-    if isinstance(value, dict):
-        lines = []
-        for name, spec in value.items():
-            if not isinstance(spec, str):
-                raise FulmenConfigError(
-                    f"{source}: require.{name} must be a version specifier string such as \">=0.1,<0.2\" "
-                    f"(\"\" for any version), got {spec!r}"
-                )
-            spec = spec.strip()
-            lines.append(name if spec in ("", "*") else f"{name}{'' if spec[0] in '<>=!~;' else '=='}{spec}")
-    elif isinstance(value, list):
-        lines = value
-    else:
-        raise FulmenConfigError(f"{source}: require must be a table {{name = \"specifier\"}} or a list of requirements")
-    out = []
-    for line in lines:
-        try:
-            req = Requirement(str(line))
-        except InvalidRequirement as exc:
-            raise FulmenConfigError(f"{source}: require entry {line!r} is not a valid requirement: {exc}") from None
-        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
-            continue  # e.g. "; sys_platform == 'linux'" on another platform
-        out.append(req)
-    return tuple(out)
-
-
-def _defaults(value: Any, source: str) -> Tuple[Tuple[str, Any], ...]:
-    if not isinstance(value, dict):
-        raise FulmenConfigError(f"{source}: defaults must be a table")
-    unknown = sorted(set(value) - set(DEFAULT_KINDS))
-    if unknown:
-        raise FulmenConfigError(
-            f"{source}: unknown default(s) {', '.join(repr(k) for k in unknown)}; known: {', '.join(DEFAULT_KINDS)}"
-        )
-    out = []
-    for kind, item in value.items():
-        ok = isinstance(item, str) and item.strip()
-        if kind == "precision":
-            ok = ok or (isinstance(item, int) and not isinstance(item, bool))
-            item = str(item) if ok else item
-        if kind == "logger":
-            ok = ok or item is False or (isinstance(item, list) and all(isinstance(v, str) for v in item))
-        if not ok:
-            raise FulmenConfigError(f"{source}: defaults.{kind} = {item!r} is not a name")
-        out.append((kind, item))
-    return tuple(out)
-
-
-def parse_requirement_list(text: str) -> List[str]:
-    """``"fsdp>=0.1,<0.2, loggers"`` → ``["fsdp>=0.1,<0.2", "loggers"]``: a comma followed by
-    a version operator continues the specifier, any other comma starts a new requirement."""
-    out: List[str] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        if out and part[0] in "<>=!~":
-            out[-1] += "," + part
-        else:
-            out.append(part)
-    return out
-
-
-def environment_layer() -> Optional[Layer]:
-    require_text = os.environ.get(ENV_REQUIRE, "").strip()
-    defaults = []
-    for kind, var in ENV_DEFAULTS.items():
-        value = os.environ.get(var, "").strip()
-        if not value:
-            continue
-        if kind == "logger":
-            if value.lower() in ("false", "none", "0"):
-                defaults.append((kind, False))
-                continue
-            names = [v.strip() for v in value.split(",") if v.strip()]
-            defaults.append((kind, names[0] if len(names) == 1 else names))
-        else:
-            defaults.append((kind, value))
-    if not require_text and not defaults:
-        return None
-    source = "environment (" + ", ".join(
-        [ENV_REQUIRE] * bool(require_text) + [ENV_DEFAULTS[kind] for kind, _ in defaults]
-    ) + ")"
-    require = _requirements(parse_requirement_list(require_text), source) if require_text else ()
-    return Layer(source, None, frozenset(), require, tuple(defaults))
-
-
-def installed_layers() -> List[Layer]:
-    """Configurations shipped by installed distributions (``fulmen.config`` entry points),
-    read once per discovery scan, in distribution-name order."""
-    global _installed_cache
-    scan = discovery.records()  # rescan() makes a new dict: installed configs are re-read too
-    with _lock:
-        if _installed_cache[0] is scan:
-            return list(_installed_cache[1])
-    layers = []
-    entry_points = sorted(
-        metadata.entry_points(group=CONFIG_ENTRY_POINT_GROUP),
-        key=lambda ep: (_dist_name(ep) or "", ep.name),
-    )
-    for ep in entry_points:
-        dist = _dist_name(ep)
-        version = getattr(getattr(ep, "dist", None), "version", None)
-        source = f"{dist or ep.name} {version or ''}".strip() + f" ({CONFIG_ENTRY_POINT_GROUP} entry point {ep.name!r})"
-        layers.append(parse_table(_entry_point_table(ep, source), source))
-    with _lock:
-        _installed_cache = (scan, layers)
-    return list(layers)
-
-
-def _dist_name(ep: Any) -> Optional[str]:
-    dist = getattr(ep, "dist", None)
-    return canonicalize_name(dist.metadata["Name"]) if dist is not None else None
-
-
-def _entry_point_table(ep: Any, source: str) -> Dict[str, Any]:
-    module_name, _, attr = ep.value.partition(":")
-    try:
-        if not attr:
-            from importlib import resources
-
-            resource = resources.files(module_name.strip()) / CONFIG_FILE
-            if not resource.is_file():
-                raise FulmenConfigError(f"{source}: package {module_name!r} holds no {CONFIG_FILE}")
-            with resources.as_file(resource) as path:
-                return _table_of_file(Path(path))
-        obj = importlib.import_module(module_name.strip())
-        for part in attr.strip().split("."):
-            obj = getattr(obj, part)
-    except FulmenConfigError:
-        raise
-    except Exception as exc:
-        raise FulmenConfigError(f"{source}: cannot read the configuration {ep.value!r}: {type(exc).__name__}: {exc}") from None
-    if isinstance(obj, dict):
-        return obj
-    if isinstance(obj, (str, os.PathLike)):
-        return _table_of_file(Path(obj))
-    raise FulmenConfigError(f"{source}: {ep.value!r} is a {type(obj).__name__}; expected a dict or a path to a TOML file")
-
-
-def _table_of_file(path: Path) -> Dict[str, Any]:
-    data = _read_toml(path)
-    tool = data.get("tool")
-    return tool["fulmen"] if isinstance(tool, dict) and "fulmen" in tool else data
+    enforce(config, plugin_set)
+    return apply_defaults(config, plugin_set.registry, accelerator, strategy, precision)
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _names_record(key: str, record: discovery.PluginRecord) -> bool:
-    if key == record.name:
-        return True
-    return record.distribution is not None and canonicalize_name(key) == canonicalize_name(record.distribution)
 
 
 def _version_ok(specifier: SpecifierSet, version: Optional[str]) -> bool:
@@ -530,5 +186,10 @@ def _version_ok(specifier: SpecifierSet, version: Optional[str]) -> bool:
         return False
 
 
-def _pip_name(key: str) -> str:
-    return OFFICIAL_DISTRIBUTIONS.get(key, key)
+__all__ = [
+    "CONFIG_ENTRY_POINT_GROUP", "CONFIG_FILE", "DEFAULT_KINDS", "ENV_CONFIG", "ENV_DEFAULTS", "ENV_REQUIRE",
+    "EXTRA_DEFAULT_NAMES", "KEYS", "Layer", "PluginConfig", "RequiredPlugin", "active", "apply", "apply_defaults",
+    "default_logger", "enforce", "environment_layer", "find_project_file", "installed_layers",
+    "merge", "names_a_default", "parse_requirement_list", "parse_table", "project_layer", "requirement_problems",
+]
+

@@ -5,29 +5,40 @@ its distribution's declared requirement on ``fulmen`` was checked against the in
 fulmen. Every outcome is recorded so ``fulmen plugins`` and error messages can explain it.
 A broken plugin is a warning, never a crash: training with the remaining plugins is better
 than no training, unless the user asked for the broken one by name (see ``require``).
+
+Which of the found plugins a Trainer/Fabric loads (allow and deny lists, the autoload
+switch) is not decided here but in ``fulmen.plugins.policy``; discovery only finds, checks
+and imports.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import threading
 import traceback
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from fulmen.errors import FulmenPluginError, FulmenPluginWarning
+from fulmen.plugins import settings
+
+# Re-exported: callers written before ``policy`` existed import these from here. New code
+# imports them from ``fulmen.plugins.policy``, which owns them.
+from fulmen.plugins.policy import (  # noqa: F401
+    ENV_ALLOW,
+    ENV_DENY,
+    ENV_DISABLE_AUTOLOAD,
+    effective_lists,
+    is_listed,
+)
 
 ENTRY_POINT_GROUP = "fulmen.plugins"
-ENV_DISABLE_AUTOLOAD = "FULMEN_DISABLE_PLUGIN_AUTOLOAD"
-ENV_ALLOW = "FULMEN_PLUGINS_ALLOW"
-ENV_DENY = "FULMEN_PLUGINS_DENY"
 
 LOADED = "loaded"
 FAILED = "failed"
@@ -73,15 +84,6 @@ def fulmen_version() -> str:
         from fulmen import __version__
 
         return __version__
-
-
-def split_names(value: Optional[str | Iterable[str]]) -> Optional[set]:
-    """``"a, b"`` or ``["a", "b"]`` → ``{"a", "b"}``; ``None``/empty → ``None``."""
-    if value is None:
-        return None
-    items = value.split(",") if isinstance(value, str) else list(value)
-    names = {str(item).strip() for item in items if str(item).strip()}
-    return names or None
 
 
 def _fulmen_requirement(dist: metadata.Distribution) -> Optional[Requirement]:
@@ -153,55 +155,13 @@ def records() -> Dict[str, PluginRecord]:
 
 
 def rescan() -> Dict[str, PluginRecord]:
-    """Forget what was found (for tests and long-lived processes that pip-installed)."""
+    """Forget what was found, the installed distributions' configurations included (for
+    tests and long-lived processes that pip-installed)."""
     global _records
     with _lock:
         _records = None
+    settings.forget_installed()
     return records()
-
-
-def autoload_disabled() -> bool:
-    return os.environ.get(ENV_DISABLE_AUTOLOAD, "").strip().lower() not in ("", "0", "false", "no")
-
-
-def is_listed(record: PluginRecord, names: Optional[set]) -> bool:
-    if not names:
-        return False
-    canonical = {canonicalize_name(n) for n in names}
-    return record.name in names or (
-        record.distribution is not None and canonicalize_name(record.distribution) in canonical
-    )
-
-
-def disabled_reason(
-    record: PluginRecord, allow: Optional[set], deny: Optional[set]
-) -> Optional[str]:
-    """Why this plugin is switched off for a Trainer with this allow/deny list, or None."""
-    if is_listed(record, deny):
-        return "denied by the deny list (FULMEN_PLUGINS_DENY or deny_plugins=)"
-    if allow is not None and not is_listed(record, allow):
-        return "not in the allow list (FULMEN_PLUGINS_ALLOW or allow_plugins=)"
-    if autoload_disabled() and not is_listed(record, allow):
-        return f"{ENV_DISABLE_AUTOLOAD} is set; name the plugin in FULMEN_PLUGINS_ALLOW to load it"
-    return None
-
-
-def effective_lists(
-    allow: Optional[Sequence[str] | str] = None, deny: Optional[Sequence[str] | str] = None
-):
-    """Combine the configuration files' lists (``fulmen.plugins.config``), the environment's
-    and a Trainer's arguments: each adds to the others, so nothing can undo a deny."""
-    from fulmen.plugins import config
-
-    cfg = config.active()
-    env_allow = split_names(os.environ.get(ENV_ALLOW))
-    env_deny = split_names(os.environ.get(ENV_DENY))
-    arg_allow = split_names(allow)
-    arg_deny = split_names(deny)
-    allows = [names for names in (cfg.allow, env_allow, arg_allow) if names is not None]
-    allow_set = set().union(*allows) if allows else None
-    deny_set = set(cfg.deny) | (env_deny or set()) | (arg_deny or set())
-    return allow_set, deny_set or None
 
 
 def load(record: PluginRecord) -> Optional[Any]:
@@ -236,6 +196,18 @@ def load(record: PluginRecord) -> Optional[Any]:
                 stacklevel=4,
             )
         return record.plugin
+
+
+def how_to_fix(record: PluginRecord) -> str:
+    """What makes a failed or incompatible plugin load, for errors that name it ("" when its
+    reason already says, as an incompatible one's does)."""
+    if record.status != FAILED:
+        return ""
+    dist = record.distribution or "the plugin's distribution"
+    return (
+        f"to load it, fix that error, for example by reinstalling or upgrading {dist} "
+        f"(pip install -U '{dist}')"
+    )
 
 
 def require(name: str) -> Any:

@@ -16,8 +16,8 @@ import pluggy
 
 from fulmen import hookspecs
 from fulmen.errors import FulmenPluginWarning, FulmenUserCodeError
-from fulmen.plugins import deprecations, discovery, tracing
-from fulmen.plugins.registry import KINDS, Registry
+from fulmen.plugins import deprecations, discovery, policy, settings, tracing
+from fulmen.plugins.registry import KINDS, Registry, UnloadedPlugin
 
 _REGISTRATION_KIND = {
     "register_accelerators": "accelerator",
@@ -93,7 +93,7 @@ class PluginSet:
     registry: Registry
     records: List[discovery.PluginRecord] = field(default_factory=list)
     disabled: Dict[str, str] = field(default_factory=dict)
-    config: Any = None  # fulmen.plugins.config.PluginConfig: allow/deny/require/defaults
+    config: Any = None  # fulmen.plugins.settings.PluginConfig: allow/deny/require/defaults
 
 
 def _run_registrations(pm: FulmenPluginManager, registry: Registry, dist_of: Dict[str, Any]):
@@ -125,25 +125,23 @@ def build(
 ) -> PluginSet:
     """Create the manager of one Trainer/Fabric and fill its registry."""
     from fulmen import builtins
-    from fulmen.plugins import config as plugin_config
 
     pm = FulmenPluginManager()
     registry = Registry()
     pm.register(builtins, name="fulmen")
-    allow_set, deny_set = discovery.effective_lists(allow, deny)
-    plugin_set = PluginSet(pm, registry, config=plugin_config.active())
+    allow_set, deny_set = policy.effective_lists(allow, deny)
+    plugin_set = PluginSet(pm, registry, config=settings.active())
     by_plugin: Dict[str, discovery.PluginRecord] = {}
     for record in discovery.records().values():
         plugin_set.records.append(record)
-        reason = plugin_config.disabled_reason(plugin_set.config, record, allow_set, deny_set)
-        if reason is not None:
-            plugin_set.disabled[record.name] = reason
-            _mark_unavailable(registry, record, reason)
+        excluded = policy.exclusion(record, allow_set, deny_set, plugin_set.config)
+        if excluded is not None:
+            plugin_set.disabled[record.name] = excluded.reason
+            _mark_unloaded(registry, record, discovery.DISABLED, excluded.reason, excluded.remedy)
             continue
         plugin = discovery.load(record)
         if plugin is None:
-            _mark_unavailable(registry, record, record.reason)
-            registry.failed_plugins[record.name] = record.reason
+            _mark_unloaded(registry, record, record.status, record.reason, discovery.how_to_fix(record))
             continue
         if pm.is_registered(plugin):
             continue
@@ -153,8 +151,8 @@ def build(
             first_time = record.status != discovery.FAILED
             record.status = discovery.FAILED
             record.reason = f"its hooks do not match fulmen's hook specifications: {exc}"
-            _mark_unavailable(registry, record, record.reason)
-            registry.failed_plugins[record.name] = record.reason
+            remedy = f"to load it, upgrade {record.distribution or 'the plugin'} to a release built for this fulmen"
+            _mark_unloaded(registry, record, discovery.FAILED, record.reason, remedy)
             if first_time:  # like a failed import: warn once per process, never crash
                 warnings.warn(
                     f"fulmen plugin {record.name!r} from {record.distribution or 'unknown'} is "
@@ -176,7 +174,14 @@ def build(
     return plugin_set
 
 
-def _mark_unavailable(registry: Registry, record: discovery.PluginRecord, reason: str) -> None:
-    registry.unavailable[record.name] = reason
-    if record.distribution:
-        registry.unavailable[record.distribution] = reason
+def _mark_unloaded(registry: Registry, record: discovery.PluginRecord, outcome: str, reason: str, remedy: str) -> None:
+    registry.mark_unloaded(UnloadedPlugin(
+        plugin=record.name,
+        distribution=record.distribution,
+        version=record.version,
+        outcome=outcome,
+        reason=reason,
+        remedy=remedy,
+        # what it registered when it last loaded in this process, if it did
+        registers={kind: list(names) for kind, names in record.registers.items()},
+    ))

@@ -23,6 +23,27 @@ KINDS = (
     "checkpoint_io",
 )
 
+# Spellings Lightning users type for a precision, mapped to the registered names. Kept here,
+# beside the tables they index, because both the resolver (``fabric.connector``) and the
+# configuration checks (``plugins.config``, ``plugins.check``) accept them.
+PRECISION_ALIASES: Dict[str, str] = {
+    "32": "32-true",
+    "64": "64-true",
+    "16": "16-mixed",
+    "bf16": "bf16-mixed",
+    "half": "16-true",
+    "double": "64-true",
+}
+
+
+def canonical_precision(name: str) -> str:
+    """``"bf16"`` → ``"bf16-mixed"``; a registered name (or an unknown one) unchanged."""
+    return PRECISION_ALIASES.get(name, name)
+
+
+# The two tables below are the core's only record of the official packages' names, so that
+# an error can print the line that installs one. Nothing else in the core names a backend.
+
 # Names that an official fulmen package provides, with the line that installs it. A prefix
 # ending in "*" matches every name that starts with it.
 OFFICIAL_PROVIDERS: Dict[str, Dict[str, str]] = {
@@ -46,6 +67,16 @@ OFFICIAL_PROVIDERS: Dict[str, Dict[str, str]] = {
 }
 
 
+# Official plugins by entry-point name → their distribution, for the ``pip install`` line of a
+# required plugin that is missing.
+OFFICIAL_PLUGINS: Dict[str, str] = {
+    "fsdp": "fulmen-strategy-fsdp",
+    "deepspeed": "fulmen-strategy-deepspeed",
+    "xla": "fulmen-accelerator-xla",
+    "loggers": "fulmen-loggers",
+}
+
+
 def official_provider(kind: str, name: str) -> Optional[str]:
     """The pip requirement of the official package that provides ``name``, if any."""
     for pattern, requirement in OFFICIAL_PROVIDERS.get(kind, {}).items():
@@ -64,17 +95,64 @@ class Entry:
     distribution: Optional[str]
 
 
+# Outcomes of an installed plugin that one Trainer/Fabric did not load.
+DISABLED = "disabled"  # switched off by the allow/deny lists or the autoload switch
+FAILED = "failed"  # its import raised, or its hooks do not match the specifications
+INCOMPATIBLE = "incompatible"  # built for another fulmen
+
+_OUTCOME_PHRASES = {DISABLED: "is disabled", FAILED: "failed to load", INCOMPATIBLE: "is incompatible"}
+
+
+@dataclass
+class UnloadedPlugin:
+    """An installed plugin that one Trainer/Fabric did not load, why, and how to load it.
+
+    Kept because the plugin that was denied, switched off or broken may be the very one
+    that provides a name the user then asks for; the unknown-name error says so instead of
+    leaving the user to guess.
+    """
+
+    plugin: str
+    distribution: Optional[str]
+    version: Optional[str]
+    outcome: str  # DISABLED, FAILED or INCOMPATIBLE
+    reason: str  # the recorded reason, verbatim
+    remedy: str = ""  # what makes it load ("to load it, ..."); empty when the reason says it
+    # What it registered when it last loaded in this process ({kind: names}); empty when it
+    # never loaded, so whether it provides a name is unknown.
+    registers: Dict[str, List[str]] = field(default_factory=dict)
+
+    def describe(self, kind: str, name: str) -> str:
+        """One line of the unknown-name error about this plugin."""
+        dist = f"distribution {self.distribution or 'unknown'}" + (f" {self.version}" if self.version else "")
+        phrase = _OUTCOME_PHRASES.get(self.outcome, f"is {self.outcome}")
+        provides = "provides" if name in self.registers.get(kind, ()) else "might provide"
+        line = f"plugin {self.plugin!r} ({dist}) {phrase}: {self.reason}. It {provides} {kind} {name!r}"
+        return line + (f"; {self.remedy}" if self.remedy else "")
+
+
 @dataclass
 class Registry:
     """All registered names of one Trainer/Fabric, plus why some plugins are missing."""
 
     tables: Dict[str, Dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
-    # plugin name → reason it could not be used (failed import, incompatible, disabled)
+    # plugin name → the installed plugin this Trainer/Fabric did not load (see ``mark_unloaded``)
+    unloaded: Dict[str, UnloadedPlugin] = field(default_factory=dict)
+    # plugin and distribution name → reason it could not be used (failed import, incompatible, disabled)
     unavailable: Dict[str, str] = field(default_factory=dict)
     # plugin name → why it failed or is incompatible (disabled plugins are not listed)
     failed_plugins: Dict[str, str] = field(default_factory=dict)
     # distribution → version, for plugins that loaded
     loaded_distributions: Dict[str, str] = field(default_factory=dict)
+
+    def mark_unloaded(self, unloaded: UnloadedPlugin) -> None:
+        """Record that an installed plugin was not loaded, for the errors and ``fulmen plugins``."""
+        self.unloaded[unloaded.plugin] = unloaded
+        self.unavailable[unloaded.plugin] = unloaded.reason
+        if unloaded.distribution:
+            self.unavailable[unloaded.distribution] = unloaded.reason
+        if unloaded.outcome != DISABLED:
+            self.failed_plugins[unloaded.plugin] = unloaded.reason
 
     def registrar(self, kind: str, plugin: str, distribution: Optional[str]):
         """The ``register`` callable handed to one plugin's registration hook."""
@@ -123,27 +201,39 @@ class Registry:
         return self.get(kind, name).factory(**options)
 
     def unknown_name_message(self, kind: str, name: str) -> str:
+        """What exists, and where the name may come from: an official package (installed,
+        switched off or missing) or, for other names, any installed plugin not loaded."""
         available = ", ".join(repr(n) for n in self.names(kind)) or "none"
         message = f"unknown {kind} {name!r}. Available: {available}."
         requirement = official_provider(kind, name)
         if requirement is not None:
-            dist = requirement.split("[")[0]
-            reason = self.unavailable.get(dist)
-            if dist in self.loaded_distributions:
-                message += (
-                    f" {name!r} belongs to {dist}, which is installed "
-                    f"({self.loaded_distributions[dist]}) but does not register it; upgrade it: "
-                    f"pip install -U '{requirement}'"
-                )
-            elif reason:
-                message += f" {name!r} comes from {dist}, which could not be used: {reason}"
-            else:
-                message += (
-                    f" {name!r} is provided by an official package that is not installed: "
-                    f"pip install '{requirement}'"
-                )
-        broken = {plugin: reason for plugin, reason in self.failed_plugins.items()}
-        if broken and requirement is None:
-            listed = "; ".join(f"{plugin}: {reason}" for plugin, reason in sorted(broken.items()))
-            message += f" Plugins that could not be used and may provide it: {listed}"
-        return message
+            return message + self._official_hint(name, requirement)
+        return message + self._unloaded_hint(kind, name)
+
+    def _official_hint(self, name: str, requirement: str) -> str:
+        dist = requirement.split("[")[0]
+        if dist in self.loaded_distributions:
+            return (
+                f" {name!r} belongs to {dist}, which is installed "
+                f"({self.loaded_distributions[dist]}) but does not register it; upgrade it: "
+                f"pip install -U '{requirement}'"
+            )
+        unloaded = next((u for u in self.unloaded.values() if u.distribution == dist), None)
+        reason = unloaded.reason if unloaded is not None else self.unavailable.get(dist)
+        if reason:
+            remedy = f"; {unloaded.remedy}" if unloaded is not None and unloaded.remedy else ""
+            return f" {name!r} comes from {dist}, which could not be used: {reason}{remedy}"
+        return (
+            f" {name!r} is provided by an official package that is not installed: "
+            f"pip install '{requirement}'"
+        )
+
+    def _unloaded_hint(self, kind: str, name: str) -> str:
+        if not self.unloaded:
+            return ""
+        # Known providers first: they are the likely answer, the others only possible ones.
+        ordered = sorted(
+            self.unloaded.values(), key=lambda u: (name not in u.registers.get(kind, ()), u.plugin)
+        )
+        lines = "\n  - ".join(u.describe(kind, name) for u in ordered)
+        return f" Installed plugins that were not loaded and may provide it:\n  - {lines}"

@@ -51,6 +51,31 @@ def write_dist(
     return site
 
 
+def strategy_plugin(module: str, strategy: str, marker: str = "") -> str:
+    """Source of a plugin module registering ``strategy`` as a SingleDeviceStrategy subclass."""
+    return f'''
+import fulmen
+
+
+@fulmen.hookimpl
+def register_strategies(register):
+    from fulmen.strategies import SingleDeviceStrategy
+
+    class Plugged(SingleDeviceStrategy):
+        origin = {module!r}
+        marker = {marker!r}
+
+    register({strategy!r}, Plugged, "from {module}")
+'''
+
+
+def strategy_dist(root, dist: str, entry: str, strategy: str, **kwargs):
+    module = f"{entry}_fulmen_plugin"
+    return write_dist(
+        root / dist, dist, {f"{module}.py": strategy_plugin(module, strategy, **kwargs)}, {entry: module}
+    )
+
+
 def subprocess_env(pythonpath: Iterable[os.PathLike] = (), **extra: str) -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in FULMEN_ENV and k != "PYTHONPATH"}
     env["PYTHONPATH"] = os.pathsep.join([*(str(p) for p in pythonpath), str(TESTS_DIR)])

@@ -13,7 +13,7 @@ import warnings
 
 import pytest
 from helpers import BoringModule, loader, quiet_trainer
-from plugin_helpers import write_dist
+from plugin_helpers import strategy_dist, strategy_plugin, write_dist
 
 import fulmen
 from fulmen.cli import main as fulmen_cli
@@ -21,31 +21,6 @@ from fulmen.errors import FulmenConfigError, FulmenPluginError, FulmenPluginWarn
 from fulmen.plugins import discovery, policy
 
 OFFICIAL = ("fsdp", "deepspeed", "xla", "loggers")
-
-
-def strategy_plugin(module: str, strategy: str, marker: str = "") -> str:
-    """Source of a plugin module registering ``strategy`` as a SingleDeviceStrategy subclass."""
-    return f'''
-import fulmen
-
-
-@fulmen.hookimpl
-def register_strategies(register):
-    from fulmen.strategies import SingleDeviceStrategy
-
-    class Plugged(SingleDeviceStrategy):
-        origin = {module!r}
-        marker = {marker!r}
-
-    register({strategy!r}, Plugged, "from {module}")
-'''
-
-
-def strategy_dist(root, dist: str, entry: str, strategy: str, **kwargs):
-    module = f"{entry}_fulmen_plugin"
-    return write_dist(
-        root / dist, dist, {f"{module}.py": strategy_plugin(module, strategy, **kwargs)}, {entry: module}
-    )
 
 
 def plugin_warnings(record, *needles):

@@ -127,7 +127,9 @@ class UnloadedPlugin:
         dist = f"distribution {self.distribution or 'unknown'}" + (f" {self.version}" if self.version else "")
         phrase = _OUTCOME_PHRASES.get(self.outcome, f"is {self.outcome}")
         provides = "provides" if name in self.registers.get(kind, ()) else "might provide"
-        line = f"plugin {self.plugin!r} ({dist}) {phrase}: {self.reason}. It {provides} {kind} {name!r}"
+        # One line per plugin: a multi-line reason (pluggy's validation errors) is joined.
+        reason = "; ".join(part.strip() for part in self.reason.splitlines() if part.strip())
+        line = f"plugin {self.plugin!r} ({dist}) {phrase}: {reason}. It {provides} {kind} {name!r}"
         return line + (f"; {self.remedy}" if self.remedy else "")
 
 

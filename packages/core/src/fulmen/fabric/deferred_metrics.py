@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from fulmen.errors import FulmenUserCodeError
+from fulmen.utilities.scalars import detached_scalar
 
 # The Trainer's default log_every_n_steps: the same number of host syncs per step.
 DEFAULT_FLUSH_EVERY = 50
@@ -38,12 +38,7 @@ class DeferredMetrics:
         on_device = False
         for name, value in metrics.items():
             if isinstance(value, torch.Tensor):
-                if value.numel() != 1:
-                    raise FulmenUserCodeError(
-                        f"fabric.log({name!r}, ...) got a tensor of shape {tuple(value.shape)}; log a scalar "
-                        "(reduce it first, e.g. value.mean())"
-                    )
-                value = value.detach()
+                value = detached_scalar(value, f"fabric.log({name!r})")
                 on_device = on_device or not value.is_cpu
             else:
                 value = float(value)
@@ -69,7 +64,7 @@ def _to_floats(rows: List[Row]) -> List[Row]:
     for _, row in rows:
         for value in row.values():
             if isinstance(value, torch.Tensor):
-                by_device.setdefault(value.device, []).append(value.reshape(()).to(torch.float64))
+                by_device.setdefault(value.device, []).append(value.to(torch.float64))
     read = {device: iter(torch.stack(values).tolist()) for device, values in by_device.items()}
     out: List[Row] = []
     for step, row in rows:

@@ -15,6 +15,7 @@ import torch
 
 from fulmen.errors import FulmenConfigError, FulmenUserCodeError
 from fulmen.utilities.apply import first_batch_size
+from fulmen.utilities.scalars import detached_scalar
 
 _REDUCE_ALIASES = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": "min"}
 _REDUCE_CALLABLES = {torch.mean: "mean", torch.sum: "sum", torch.max: "max", torch.min: "min"}
@@ -123,13 +124,7 @@ class MetricStore:
 
     def _as_tensor(self, name: str, value: Any) -> torch.Tensor:
         if isinstance(value, torch.Tensor):
-            if value.numel() != 1:
-                raise FulmenUserCodeError(
-                    f"self.log({name!r}) got a tensor of shape {tuple(value.shape)}; log a "
-                    "scalar (for example value.mean())"
-                )
-            value = value.detach()
-            return value if value.dim() == 0 else value.reshape(())
+            return detached_scalar(value, f"self.log({name!r})")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             try:
                 import numpy as np

@@ -16,7 +16,6 @@ from fulmen.plugins.registry import PRECISION_ALIASES, Registry, canonical_preci
 from fulmen.precision.base import Precision
 from fulmen.strategies.base import Strategy
 
-
 # What ``plugins=`` may hold besides hook-implementing objects and names.
 STRATEGY_PARTS = (Precision, CheckpointIO, ClusterEnvironment)
 

@@ -28,7 +28,8 @@ from packaging.version import InvalidVersion, Version
 from fulmen.errors import FulmenConfigError, FulmenPluginError
 from fulmen.plugins import discovery, policy
 from fulmen.plugins.registry import OFFICIAL_PLUGINS, PRECISION_ALIASES
-from fulmen.plugins.settings import (  # noqa: F401  (re-exported: the reading side's public names)
+# Re-exported (see __all__): the reading side's public names, where callers always found them.
+from fulmen.plugins.settings import (
     CONFIG_ENTRY_POINT_GROUP,
     CONFIG_FILE,
     DEFAULT_KINDS,

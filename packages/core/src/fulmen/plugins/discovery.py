@@ -30,7 +30,7 @@ from fulmen.plugins import settings
 
 # Re-exported: callers written before ``policy`` existed import these from here. New code
 # imports them from ``fulmen.plugins.policy``, which owns them.
-from fulmen.plugins.policy import (  # noqa: F401
+from fulmen.plugins.policy import (
     ENV_ALLOW,
     ENV_DENY,
     ENV_DISABLE_AUTOLOAD,

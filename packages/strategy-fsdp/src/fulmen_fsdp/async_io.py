@@ -18,17 +18,21 @@ class FinishingCheckpointIO(CheckpointIO):
         self._finish = finish
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        """Write through the wrapped IO (full checkpoints; sharded ones bypass checkpoint IO)."""
         self.checkpoint_io.save_checkpoint(checkpoint, path, storage_options=storage_options)
 
     def load_checkpoint(self, path, map_location=None):
+        """Finish the save in flight, then read through the wrapped IO."""
         self._finish()
         return self.checkpoint_io.load_checkpoint(path, map_location=map_location)
 
     def remove_checkpoint(self, path) -> None:
+        """Finish the save in flight, then delete through the wrapped IO."""
         self._finish()
         self.checkpoint_io.remove_checkpoint(path)
 
     def teardown(self) -> None:
+        """Finish the save in flight, then tear down the wrapped IO."""
         try:
             self._finish()
         finally:

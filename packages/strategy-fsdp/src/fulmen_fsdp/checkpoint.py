@@ -61,6 +61,8 @@ class ShardedTensorRef:
     dtype: torch.dtype
 
     def full_tensor(self) -> torch.Tensor:
+        """Read the whole tensor on this process from the checkpoint directory, without a process
+        group (for inspection or consolidation into one file)."""
         out = {self.key: torch.empty(self.shape, dtype=self.dtype)}
         dcp_load(out, self.directory, no_dist=True)
         return out[self.key]
@@ -89,6 +91,7 @@ def _dtype_from_name(name: str) -> torch.dtype:
 
 
 def iter_refs(obj: Any) -> Iterator[ShardedTensorRef]:
+    """Every :class:`ShardedTensorRef` inside a nested checkpoint structure, depth first."""
     if isinstance(obj, ShardedTensorRef):
         yield obj
     elif isinstance(obj, Mapping):
@@ -100,6 +103,7 @@ def iter_refs(obj: Any) -> Iterator[ShardedTensorRef]:
 
 
 def has_refs(obj: Any) -> bool:
+    """Whether a checkpoint structure still holds tensors to be read from a sharded directory."""
     return next(iter_refs(obj), None) is not None
 
 
@@ -157,6 +161,7 @@ def temporary_directory(path: PathLike) -> Path:
 
 
 def remove_path(path: PathLike) -> None:
+    """Delete a sharded directory or a file at ``path``; nothing happens when it is gone."""
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -165,6 +170,8 @@ def remove_path(path: PathLike) -> None:
 
 
 def write_metadata(metadata: Dict[str, Any], directory: PathLike, world_size: int) -> None:
+    """Write the checkpoint's non-tensor part and its format header (format, version, world
+    size) as ``fulmen_checkpoint.pt`` in ``directory``, through fulmen's atomic, checksummed IO."""
     from fulmen.io.checkpoint_io import TorchCheckpointIO
 
     header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "world_size": int(world_size)}

@@ -54,6 +54,8 @@ def _numel(shape) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """``fulmen-fsdp consolidate DIR OUT.ckpt`` (a sharded checkpoint into one file) and
+    ``fulmen-fsdp info DIR``; returns the exit status, 1 with a one-line error for a bad checkpoint."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in ("consolidate", "info", "-h", "--help"):
         argv.insert(0, "consolidate")  # ``python -m fulmen_fsdp.consolidate DIR OUT``

@@ -13,6 +13,8 @@ from torch.distributed.tensor import DTensor
 
 @contextlib.contextmanager
 def without_gradient_sync(units: List[nn.Module]):
+    """Skip the reduce-scatter of gradients of ``units`` while inside (accumulation
+    micro-batches); synchronisation is switched back on when leaving."""
     for unit in units:
         unit.set_requires_gradient_sync(False, recurse=False)
     try:

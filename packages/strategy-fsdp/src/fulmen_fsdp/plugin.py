@@ -31,6 +31,8 @@ def _lazy(path: str, **preset):
 
 @hookimpl
 def register_strategies(register):
+    """Register ``fsdp``, ``fsdp_cpu_offload`` and ``hsdp``; the strategy module is imported
+    only when one of them is asked for."""
     register(
         "fsdp",
         _lazy(_STRATEGY),

@@ -183,6 +183,8 @@ class FSDPStrategy(DDPStrategy):
 
     @property
     def sharded_state_dict(self) -> bool:
+        """Whether checkpoints are sharded directories (``state_dict_type="sharded"``) rather than one
+        full file."""
         return self.state_dict_type == "sharded"
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -194,6 +196,10 @@ class FSDPStrategy(DDPStrategy):
 
     # ------------------------------------------------------------------ environment
     def setup_environment(self) -> None:
+        """Check the precision, offload and mesh settings before any process starts, then start
+        the ranks, form the process group and build the device mesh. A later stage of the same
+        Trainer keeps the group and mesh (the sharded parameters live on them) and only makes the
+        device current again."""
         if self._environment_ready:
             # A later stage of the same Trainer: the process group and mesh were kept
             # (see _release_process_group); only the device is made current again.
@@ -304,6 +310,9 @@ class FSDPStrategy(DDPStrategy):
         return module.module if isinstance(module, StepDispatcher) else module
 
     def setup_module(self, module: nn.Module) -> nn.Module:
+        """Convert the module for the precision, apply activation checkpointing and ``compile``,
+        shard every ``auto_wrap_policy`` unit and then the root with ``fully_shard``, and
+        materialise meta-device parameters. A module sharded by the user already is taken as it is."""
         if self.device_mesh is None:
             raise FulmenConfigError("FSDPStrategy.setup_module ran before setup_environment; set up the strategy first")
         if isinstance(module, FSDPModule) or any(isinstance(p, DTensor) for p in module.parameters()):
@@ -478,6 +487,8 @@ class FSDPStrategy(DDPStrategy):
         return out
 
     def load_module_state_dict(self, module: nn.Module, state: Dict[str, Any], strict: bool = True) -> None:
+        """Load into a sharded module: a sharded checkpoint is read slice by slice into this rank's
+        shards (resharding from any saved world size), full tensors are scattered."""
         if not self._is_sharded(module):
             if sharded.has_refs(state):
                 from torch.distributed.checkpoint.state_dict import get_model_state_dict
@@ -494,6 +505,8 @@ class FSDPStrategy(DDPStrategy):
         set_model_state_dict(module, state, options=options)
 
     def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, state: Dict[str, Any]) -> None:
+        """Load optimizer state saved by any world size into this rank's shards, matching
+        parameters by name; a state saved before the first step restores only the hyperparameters."""
         optimizer = _unwrap_optimizer(optimizer)
         module = self._module_for(optimizer)
         if module is None:
@@ -602,6 +615,8 @@ class FSDPStrategy(DDPStrategy):
         return super().load_checkpoint(path)
 
     def remove_checkpoint(self, path: Any) -> None:
+        """Delete a checkpoint file or sharded directory (on rank zero), after any asynchronous
+        save in flight has finished."""
         from pathlib import Path
 
         self._finish_pending_save()
@@ -612,6 +627,7 @@ class FSDPStrategy(DDPStrategy):
         super().remove_checkpoint(path)
 
     def teardown(self) -> None:
+        """Finish an asynchronous save in flight, then release what the stage used."""
         try:
             self._finish_pending_save()
         finally:
@@ -623,6 +639,8 @@ class FSDPStrategy(DDPStrategy):
         closed at exit."""
 
     def enable_sync_batchnorm(self) -> None:
+        """Refused: FSDP2 shards do not synchronise BatchNorm statistics, so ``sync_batchnorm=True``
+        raises a ``FulmenConfigError`` pointing at ``strategy="ddp"``."""
         raise FulmenConfigError(
             "sync_batchnorm=True is not supported by the fsdp strategy (FSDP2 shards do not "
             "synchronise BatchNorm statistics); use strategy='ddp', or set sync_batchnorm=False"

@@ -40,6 +40,7 @@ def policy_predicate(policy: Policy, option: str) -> Optional[Callable[[nn.Modul
 
 
 def select_modules(root: nn.Module, predicate: Optional[Callable[[nn.Module], bool]]) -> List[nn.Module]:
+    """The submodules of ``root`` (not ``root`` itself) that ``predicate`` selects, in module order."""
     if predicate is None:
         return []
     return [m for m in root.modules() if m is not root and predicate(m)]
@@ -66,6 +67,8 @@ def _checkpointed_class(cls: type) -> type:
 
 
 def apply_activation_checkpointing(modules: Iterable[nn.Module]) -> int:
+    """Make each of ``modules`` recompute its activations in backward; returns how many were
+    changed (modules already checkpointed are left alone)."""
     count = 0
     for module in modules:
         if not getattr(module, "_fulmen_activation_checkpointing", False):
@@ -84,6 +87,7 @@ def _direct_tensors(module: nn.Module):
 
 
 def has_meta_tensors(module: nn.Module) -> bool:
+    """Whether any parameter or buffer of ``module`` lives on the meta device (built without storage)."""
     return any(t.is_meta for t in module.parameters()) or any(t.is_meta for t in module.buffers())
 
 

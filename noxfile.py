@@ -112,8 +112,9 @@ def docs(session: nox.Session) -> None:
     exist and on any warning griffe raises while parsing a docstring.
     """
     # Pinned: a new release of the site tools must not break, or quietly loosen, the build.
+    # griffe-inherited-docstrings shows a base class's docstring on an override without one;
     # ruff only lays out long signatures (the Trainer's) over several lines.
     session.install(*_find_links(), "mkdocs==1.6.1", "mkdocs-material==9.8.2", "mkdocstrings[python]==1.0.8",
-                    "mkdocstrings-python==2.0.11", "ruff==0.17.6")
+                    "mkdocstrings-python==2.0.11", "griffe-inherited-docstrings==1.1.4", "ruff==0.17.6")
     site_dir = [] if "--site-dir" in session.posargs else ["--site-dir", "build/site"]
     session.run("mkdocs", "build", "--strict", *site_dir, *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})

@@ -94,12 +94,6 @@ def ddp_main(out: Path) -> None:
     (out / f"rank_{trainer.global_rank}.json").write_text(json.dumps(result))
 
 
-@pytest.mark.xfail(
-    reason="library bug: the next stage re-joins on the same MASTER_PORT while the previous stage's process "
-    "group is still referenced, so torch reuses its in-process TCPStore server and that group's keys; the rank "
-    "that reaches the rendezvous first reads its peer's stale gloo address and the next collective times out",
-    raises=(AssertionError, subprocess.TimeoutExpired), strict=False,
-)
 def test_ddp_group_is_down_after_each_stage_and_the_next_stage_syncs_again(tmp_path):
     from test_ddp import PYTHON, run
 

@@ -9,7 +9,6 @@ This file is also the 2-process script (``python test_teardown_between_stages.py
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path

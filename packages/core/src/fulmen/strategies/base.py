@@ -26,7 +26,7 @@ owns backward, the optimizer step, clipping, accumulation and its own checkpoint
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn

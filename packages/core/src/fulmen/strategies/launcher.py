@@ -16,7 +16,7 @@ are two kinds, told apart by ``starts_in_place``:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol, runtime_checkable
 
 
 @runtime_checkable

@@ -378,15 +378,15 @@ def requested_plugins(names: Sequence[Any], allow: Any, deny: Any) -> List[Any]:
     """Entry-point plugins named in ``plugins=``: loaded even when autoload is off or they
     are outside the allow list (the user asked for them), but never past the deny list."""
     from fulmen.errors import FulmenPluginError
-    from fulmen.plugins import discovery
+    from fulmen.plugins import discovery, policy
 
     found = []
     records = discovery.records()
-    _, deny_set = discovery.effective_lists(allow, deny)
+    _, deny_set = policy.effective_lists(allow, deny)
     for name in names:
         if not isinstance(name, str) or name not in records:
             continue
-        if discovery.is_listed(records[name], deny_set):
+        if policy.is_listed(records[name], deny_set):
             raise FulmenPluginError(
                 f"plugins=[{name!r}] asks for a plugin that is denied (FULMEN_PLUGINS_DENY or "
                 "deny_plugins=); remove it from the deny list or from plugins="

@@ -9,6 +9,15 @@ from fulmen.errors import FulmenConfigError
 
 
 class LearningRateMonitor(Callback):
+    """Log every optimizer parameter group's learning rate (``lr-<Optimizer>`` names, Lightning's),
+    and optionally momentum and weight decay, to the Trainer's loggers.
+
+    Args:
+        logging_interval: ``"step"`` (at logging steps), ``"epoch"``, or ``None`` to follow each
+            scheduler's own interval (epoch when there is no scheduler).
+        log_momentum: also log momentum (or Adam's first beta).
+        log_weight_decay: also log weight decay.
+    """
     def __init__(self, logging_interval: Optional[str] = None, log_momentum: bool = False, log_weight_decay: bool = False) -> None:
         if logging_interval not in (None, "step", "epoch"):
             raise FulmenConfigError(f"LearningRateMonitor(logging_interval={logging_interval!r}) must be None, 'step' or 'epoch'")
@@ -18,6 +27,7 @@ class LearningRateMonitor(Callback):
         self.lrs: Dict[str, list] = {}
 
     def on_train_start(self, trainer) -> None:
+        """Check that there is a logger to write to, and name the parameter groups."""
         if not trainer.loggers:
             raise FulmenConfigError(
                 "LearningRateMonitor needs a logger to write to; remove logger=False or drop the callback"
@@ -56,9 +66,11 @@ class LearningRateMonitor(Callback):
         return interval in configured if configured else interval == "epoch"
 
     def on_train_batch_start(self, trainer) -> None:
+        """Log at logging steps when the interval is ``step``."""
         if self._wanted(trainer, "step") and trainer.global_step % trainer.log_every_n_steps == 0:
             trainer.log_metrics(self._collect(trainer, "step"))
 
     def on_train_epoch_start(self, trainer) -> None:
+        """Log once per epoch when the interval is ``epoch``."""
         if self._wanted(trainer, "epoch"):
             trainer.log_metrics(self._collect(trainer, "epoch"))

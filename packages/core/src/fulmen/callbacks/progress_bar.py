@@ -18,6 +18,14 @@ def _fmt(metrics: Dict[str, float]) -> Dict[str, str]:
 
 
 class ProgressBar(Callback):
+    """The default progress bar: one tqdm bar per training epoch and per evaluation, on rank
+    zero only, with the ``prog_bar=True`` metrics.
+
+    Args:
+        refresh_rate: redraw every this many batches (fewer redraws, less overhead).
+        leave: keep finished evaluation bars on screen.
+        file: where to draw (standard error by default).
+    """
     def __init__(self, refresh_rate: int = 1, leave: bool = False, file: Any = None) -> None:
         self.refresh_rate = max(1, int(refresh_rate))
         self.leave = leave
@@ -39,6 +47,7 @@ class ProgressBar(Callback):
 
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self, trainer) -> None:
+        """Open the epoch's bar (starting where a resumed epoch left off)."""
         if not trainer.is_global_zero:
             return
         if self._train_bar is not None:
@@ -50,6 +59,7 @@ class ProgressBar(Callback):
         self._since_update = 0
 
     def on_train_batch_end(self, trainer) -> None:
+        """Advance, and show the latest metrics at logging intervals."""
         bar = self._train_bar
         if bar is None:
             return
@@ -66,6 +76,7 @@ class ProgressBar(Callback):
             bar.set_postfix(_fmt(trainer.progress_bar_metrics), refresh=False)
 
     def on_train_epoch_end(self, trainer) -> None:
+        """Show the epoch's final count and metrics."""
         bar = self._train_bar
         if bar is None:
             return
@@ -78,6 +89,7 @@ class ProgressBar(Callback):
         self._train_bar = None
 
     def on_train_end(self) -> None:
+        """Close the training bar."""
         if self._train_bar is not None:
             self._flush_train_bar()
             self._train_bar.close()
@@ -108,6 +120,7 @@ class ProgressBar(Callback):
             self._train_bar.set_postfix(_fmt(trainer.progress_bar_metrics), refresh=True)
 
     def on_validation_start(self, trainer) -> None:
+        """Open the validation (or sanity check) bar."""
         desc = "Sanity check" if trainer.sanity_checking else "Validation"
         limits = trainer.num_val_batches
         if trainer.sanity_checking and trainer.num_sanity_val_steps >= 0:
@@ -115,30 +128,39 @@ class ProgressBar(Callback):
         self._start_eval(trainer, desc, limits)
 
     def on_validation_batch_end(self) -> None:
+        """Advance the validation bar."""
         self._advance_eval()
 
     def on_validation_end(self, trainer) -> None:
+        """Close the validation bar."""
         self._end_eval(trainer)
 
     def on_test_start(self, trainer) -> None:
+        """Open the test bar."""
         self._start_eval(trainer, "Testing", trainer.num_test_batches)
 
     def on_test_batch_end(self) -> None:
+        """Advance the test bar."""
         self._advance_eval()
 
     def on_test_end(self, trainer) -> None:
+        """Close the test bar."""
         self._end_eval(trainer)
 
     def on_predict_start(self, trainer) -> None:
+        """Open the predict bar."""
         self._start_eval(trainer, "Predicting", trainer.num_predict_batches)
 
     def on_predict_batch_end(self) -> None:
+        """Advance the predict bar."""
         self._advance_eval()
 
     def on_predict_end(self, trainer) -> None:
+        """Close the predict bar."""
         self._end_eval(trainer)
 
     def on_exception(self) -> None:
+        """Close every bar so the error is not printed inside one."""
         self._flush_train_bar()
         for bar in (self._train_bar, self._eval_bar):
             if bar is not None:

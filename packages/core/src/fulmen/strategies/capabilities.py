@@ -16,7 +16,8 @@ from torch import nn
 class SupportsNoBackwardSync(Protocol):
     """Can skip the gradient all-reduce on micro-batches that do not step the optimizer."""
 
-    def no_backward_sync(self, module: nn.Module, enabled: bool) -> ContextManager: ...
+    def no_backward_sync(self, module: nn.Module, enabled: bool) -> ContextManager:
+        """A context in which backward accumulates gradients locally, without the all-reduce."""
 
 
 @runtime_checkable
@@ -27,4 +28,5 @@ class SupportsSyncBatchNorm(Protocol):
     ``FulmenConfigError`` if the strategy cannot do it on this hardware.
     """
 
-    def enable_sync_batchnorm(self) -> None: ...
+    def enable_sync_batchnorm(self) -> None:
+        """Turn BatchNorm layers into synchronised ones at ``setup_module``, or raise why not."""

@@ -10,6 +10,8 @@ from fulmen.strategies.base import Strategy
 
 
 class SingleDeviceStrategy(Strategy):
+    """One process on one device (``strategy="single_device"``, what ``"auto"`` picks for one
+    device). ``device`` pins it; otherwise the first of the selected devices is used."""
     name = "single_device"
 
     def __init__(self, device: Optional[torch.device | str] = None, **kwargs) -> None:

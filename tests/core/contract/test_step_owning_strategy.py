@@ -144,3 +144,29 @@ def test_an_engine_that_clips_by_norm_only_refuses_clipping_by_value(tmp_path):
     )
     with pytest.raises(fulmen.errors.FulmenConfigError, match="clips by norm only"):
         trainer.fit(Regressor(), DataLoader(_data(), batch_size=4))
+
+
+class CountingOldSignature(fulmen.strategies.SingleDeviceStrategy):
+    """A strategy written against 0.1.0: ``optimizer_step`` without ``boundary``."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.steps = 0
+
+    def optimizer_step(self, optimizer, closure=None):
+        self.steps += 1
+        return super().optimizer_step(optimizer, closure)
+
+
+def test_a_strategy_without_the_boundary_parameter_is_called_at_boundaries_only(tmp_path):
+    strategy = CountingOldSignature()
+    trainer = fulmen.Trainer(
+        strategy=strategy, max_epochs=1, accumulate_grad_batches=ACCUMULATE, gradient_clip_val=CLIP,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    model = Regressor()
+    trainer.fit(model, DataLoader(_data(), batch_size=4))
+    assert strategy.steps == trainer.global_step == BATCHES // ACCUMULATE
+    for got, want in zip(model.parameters(), _reference(epochs=1)):
+        assert torch.equal(got.detach(), want)

@@ -25,6 +25,7 @@ owns backward, the optimizer step, clipping, accumulation and its own checkpoint
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
 
@@ -182,7 +183,8 @@ class Strategy:
         with ``boundary=False`` while gradients accumulate and ``True`` at the step that
         completes an accumulation window; only then does the default step (an engine that
         counts micro-batches itself steps on every call). Fabric's ``optimizer.step()``
-        always means a boundary."""
+        always means a boundary. An override written without the ``boundary`` parameter
+        (the 0.1.0 signature) is only called at boundaries, as before."""
         if not boundary:
             return None
         return self.precision.optimizer_step(optimizer, closure)
@@ -301,3 +303,13 @@ class Strategy:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(accelerator={self.accelerator!r}, precision={self.precision!r})"
+
+
+def steps_every_micro_batch(strategy: Strategy) -> bool:
+    """Whether ``strategy.optimizer_step`` takes ``boundary`` (and so wants to hear about
+    every micro-batch). Asked once per fit, never per step."""
+    try:
+        parameters = inspect.signature(strategy.optimizer_step).parameters
+    except (TypeError, ValueError):
+        return False
+    return "boundary" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())

@@ -122,9 +122,10 @@ def automatic_step(trainer, batch: Any, batch_idx: int, stepping: bool):
     if not stepping:
         with trainer.fabric.no_backward_sync(trainer._forward_module, enabled=True):
             _forward_backward(trainer, batch, batch_idx, holder)
-        # Not a boundary: the default strategy does nothing; an engine that counts
-        # micro-batches itself (DeepSpeed-like) is told one went by.
-        strategy.optimizer_step(optimizer.optimizer, None, boundary=False)
+        # Not a boundary: an engine that counts micro-batches itself (DeepSpeed-like) is told
+        # one went by; a strategy whose optimizer_step has no ``boundary`` is not called.
+        if trainer._micro_batch_steps:
+            strategy.optimizer_step(optimizer.optimizer, None, boundary=False)
         return holder.get("output"), False
     loss = _forward_backward(trainer, batch, batch_idx, holder)
     if loss is None and trainer.accumulate_grad_batches == 1:

@@ -28,6 +28,7 @@ from fulmen.trainer import preemption, spawn
 from fulmen.trainer.run import run_stage
 from fulmen.trainer.stages import STAGES
 from fulmen.trainer.properties import TrainerProperties
+from fulmen.strategies.base import steps_every_micro_batch
 from fulmen.strategies.capabilities import SupportsSyncBatchNorm
 from fulmen.strategies.launcher import runs_in_workers
 from fulmen.utilities import rng
@@ -203,6 +204,7 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
         self._preemption = preemption.PreemptionHandler()
         self._eval_batch_counts: List[Union[int, float]] = []
         self._strategy_torn_down = False
+        self._micro_batch_steps = False  # the strategy hears of non-boundary micro-batches
 
     # ------------------------------------------------------------------ entry points
     def fit(self, model, train_dataloaders=None, val_dataloaders=None, datamodule=None, ckpt_path=None) -> None:
@@ -286,6 +288,7 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
                 opt._before_step.append(self._before_manual_step)
                 opt._after_step.append(self._count_manual_step)
         self.lr_scheduler_configs = schedulers
+        self._micro_batch_steps = steps_every_micro_batch(self.strategy)
 
     def _check_optimizers(self, optimizers: List[Any]) -> None:
         module = self.module

@@ -1,6 +1,7 @@
 """``Strategy.teardown()`` ends every fit/validate/test/predict, and the next stage on the same
-Trainer sets the environment up again: under ``strategy="ddp"`` the process group is gone
-after each stage and validate/test still synchronise their metrics across the ranks.
+Trainer sets the environment up again. Under ``strategy="ddp"`` the process group belongs to
+the job, not to a stage: after ``fit`` a ``save_checkpoint`` and the user's own collectives
+still work, and validate/test synchronise their metrics across the ranks.
 
 This file is also the 2-process script (``python test_teardown_between_stages.py OUT``);
 ``strategy="ddp"`` re-runs it for rank 1, as ddp_script.py is re-run.
@@ -73,7 +74,12 @@ def ddp_main(out: Path) -> None:
         return dist.is_initialized()
 
     trainer.fit(model, loader(32, batch_size=8))
-    up = {"fit": between_stages()}
+    # What users do right after fit needs the group: a checkpoint (every rank's RNG is
+    # gathered into it) and their own collectives.
+    trainer.save_checkpoint(out / "after_fit.ckpt")
+    total = torch.tensor([float(trainer.global_rank + 1)])
+    dist.all_reduce(total)
+    up = {"fit": between_stages(), "user_all_reduce": total.item()}
     val = trainer.validate(model, loader(32, batch_size=8), verbose=False)
     up["validate"] = between_stages()
     test = trainer.test(model, loader(32, batch_size=8), verbose=False)
@@ -93,7 +99,7 @@ def ddp_main(out: Path) -> None:
     (out / f"rank_{trainer.global_rank}.json").write_text(json.dumps(result))
 
 
-def test_ddp_group_is_down_after_each_stage_and_the_next_stage_syncs_again(tmp_path):
+def test_ddp_group_outlives_each_stage_and_the_next_stage_syncs_again(tmp_path):
     from test_ddp import PYTHON, run
 
     # a rendezvous that goes wrong fails within 20 s instead of the 30 minute default; the
@@ -103,9 +109,10 @@ def test_ddp_group_is_down_after_each_stage_and_the_next_stage_syncs_again(tmp_p
     ranks = [json.loads((tmp_path / f"rank_{r}.json").read_text()) for r in range(2)]
     for rank, r in enumerate(ranks):
         assert r["rank"] == rank
-        assert r["up_after"] == {"fit": False, "validate": False, "test": False}, "teardown must destroy the group"
-        assert r["group_during"] == {"fit": 2, "val": 2, "test": 2}, "each stage must join a 2-rank group again"
+        assert r["up_after"] == {"fit": True, "user_all_reduce": 3.0, "validate": True, "test": True}
+        assert r["group_during"] == {"fit": 2, "val": 2, "test": 2}
     assert ranks[0]["params"] == ranks[1]["params"]
+    assert (tmp_path / "after_fit.ckpt").is_file()
     for stage in ("val", "test"):
         metrics = [r[stage][0] for r in ranks]
         # each rank evaluated its own half of the data ...

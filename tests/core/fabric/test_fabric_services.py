@@ -118,3 +118,45 @@ def test_call_with_positional_arguments_passes_them_as_given():
     fabric = fulmen.Fabric(accelerator="cpu", callbacks=[Positional()])
     fabric.call("on_step", fabric, 7)
     assert seen == [7]
+
+
+def test_call_gives_var_keyword_callbacks_everything_and_accepts_static_and_instance_callables():
+    seen = []
+
+    class Everything:
+        def on_end(self, **kwargs):
+            seen.append(("everything", kwargs))
+
+    class Static:
+        @staticmethod
+        def on_end(loss):
+            seen.append(("static", loss))
+
+    plain = type("Plain", (), {})()
+    plain.on_end = lambda epoch: seen.append(("assigned", epoch))
+
+    fabric = fulmen.Fabric(accelerator="cpu", callbacks=[Everything(), Static(), plain])
+    fabric.call("on_end", loss=1.0, epoch=3)
+    assert seen == [("everything", {"loss": 1.0, "epoch": 3}), ("static", 1.0), ("assigned", 3)]
+
+
+def test_the_same_callback_twice_is_a_clear_error():
+    class Once:
+        def on_end(self):
+            pass
+
+    callback = Once()
+    fabric = fulmen.Fabric(accelerator="cpu", callbacks=[callback, callback])
+    with pytest.raises(fulmen.errors.FulmenConfigError, match="appears twice"):
+        fabric.call("on_end")
+
+
+def test_a_device_value_changed_in_place_after_logging_is_logged_as_it_was():
+    from fulmen.fabric.deferred_metrics import DeferredMetrics
+
+    recorder = RowRecorder()
+    deferred = DeferredMetrics([recorder], flush_every=10)
+    total = torch.zeros((), device="meta")  # not a CPU tensor, like a GPU one: kept unread
+    deferred.add({"total": total}, step=0)
+    assert deferred._rows[0][1]["total"] is not total  # a copy went into the row
+    deferred._rows.clear()

@@ -201,8 +201,8 @@ class FSDPStrategy(DDPStrategy):
         Trainer keeps the group and mesh (the sharded parameters live on them) and only makes the
         device current again."""
         if self._environment_ready:
-            # A later stage of the same Trainer: the process group and mesh were kept
-            # (see _release_process_group); only the device is made current again.
+            # A later stage of the same Trainer: the process group and the mesh (on which the
+            # sharded parameters live) were kept; only the device is made current again.
             self.accelerator.setup_device(self.root_device)
             return
         # What cannot work raises here, before any process is started.
@@ -632,11 +632,6 @@ class FSDPStrategy(DDPStrategy):
             self._finish_pending_save()
         finally:
             super().teardown()
-
-    def _release_process_group(self, failed: bool) -> None:
-        """Kept between stages: the sharded parameters are DTensors on this group's mesh,
-        and a later validate/test of the same Trainer computes with them. The group is
-        closed at exit."""
 
     def enable_sync_batchnorm(self) -> None:
         """Refused: FSDP2 shards do not synchronise BatchNorm statistics, so ``sync_batchnorm=True``

@@ -12,7 +12,6 @@ loggers get every row in the order it was logged, and a CPU run sees each value 
 from __future__ import annotations
 
 import atexit
-import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -31,7 +30,8 @@ class DeferredMetrics:
         self.flush_every = flush_every
         self._rows: List[Row] = []
         self._device_rows = 0
-        atexit.register(_flush_at_exit, weakref.ref(self))
+        # A strong reference: a Fabric built inside main() is gone by exit, its rows not.
+        atexit.register(_flush_at_exit, self)
 
     def add(self, metrics: Dict[str, Any], step: Optional[int]) -> None:
         row: Dict[str, Any] = {}
@@ -39,7 +39,11 @@ class DeferredMetrics:
         for name, value in metrics.items():
             if isinstance(value, torch.Tensor):
                 value = detached_scalar(value, f"fabric.log({name!r})")
-                on_device = on_device or not value.is_cpu
+                if not value.is_cpu:
+                    # A copy, queued on the device (no sync): the loop may change the
+                    # original in place (a running total) before the row is read.
+                    value = value.clone()
+                    on_device = True
             else:
                 value = float(value)
             row[name] = value
@@ -72,9 +76,8 @@ def _to_floats(rows: List[Row]) -> List[Row]:
     return out
 
 
-def _flush_at_exit(ref: "weakref.ref[DeferredMetrics]") -> None:
-    metrics = ref()
-    if metrics is None or not metrics._rows:
+def _flush_at_exit(metrics: DeferredMetrics) -> None:
+    if not metrics._rows:
         return
     try:
         metrics.flush()

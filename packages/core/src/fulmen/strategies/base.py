@@ -293,9 +293,11 @@ class Strategy:
         return [p for p in found if not any(d in p.parents for d in directories)]
 
     def teardown(self) -> None:
-        """Release what :meth:`setup_environment` took (devices, process groups, background
-        writers). The Trainer calls it after every fit/validate/test/predict and sets the
-        environment up again for the next one."""
+        """Release what one stage took (device caches, background writers, a launcher's
+        bookkeeping). The Trainer calls it after every fit/validate/test/predict, also when
+        the stage failed, and calls :meth:`setup_environment` again before the next one, so
+        it must be safe to set up again. A process group belongs to the job, not to a stage:
+        work after ``fit`` (``save_checkpoint``, the user's collectives) still needs it."""
         if self.accelerator is not None:
             self.accelerator.teardown()
         if self.checkpoint_io is not None:
@@ -312,4 +314,6 @@ def steps_every_micro_batch(strategy: Strategy) -> bool:
         parameters = inspect.signature(strategy.optimizer_step).parameters
     except (TypeError, ValueError):
         return False
-    return "boundary" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    # Named, not **kwargs: an override passing **kwargs on without looking would step on
+    # every micro-batch.
+    return "boundary" in parameters

@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import sys
 from datetime import timedelta
 from typing import Any, ContextManager, Dict, List, Optional, Union
 
@@ -82,8 +81,6 @@ class DDPStrategy(Strategy):
         self._launcher = None
         self._environment_ready = False
         self._processes_started = False
-        self._store = None  # the job's rendezvous store, made at the first join
-        self._groups_joined = 0
 
     # ------------------------------------------------------------------ process layout
     @property
@@ -140,8 +137,6 @@ class DDPStrategy(Strategy):
         # belongs to the launching process only.
         state = dict(self.__dict__)
         state["_launcher"] = None
-        state["_store"] = None  # a connection; each process makes its own
-        state["_groups_joined"] = 0
         return state
 
     # ------------------------------------------------------------------ setup
@@ -182,29 +177,15 @@ class DDPStrategy(Strategy):
     def _init_process_group(self) -> None:
         if dist.is_initialized():
             return
-        if self._store is None:
-            env = self.cluster_environment
-            os.environ["MASTER_ADDR"] = str(env.main_address)
-            os.environ["MASTER_PORT"] = str(env.main_port)
-            # One rendezvous store for the whole job (torchrun's agent store where it has
-            # one), kept across stages: a later stage re-joining env:// on the same port would
-            # meet the previous stage's store, still alive while anything references the old
-            # group, and read its stale addresses (a hang or a lone rank).
-            self._store, _, _ = next(
-                dist.rendezvous("env://", rank=self.global_rank, world_size=self.world_size, timeout=self.timeout)
-            )
-            # Leaving with the group alive lets gloo's threads abort the process (SIGABRT) when
-            # a peer disconnects first; close it in an orderly way at exit.
-            atexit.register(guards.destroy_process_group)
-        # Each group of the job gets keys of its own; every rank counts stages alike.
-        self._groups_joined += 1
+        env = self.cluster_environment
+        os.environ["MASTER_ADDR"] = str(env.main_address)
+        os.environ["MASTER_PORT"] = str(env.main_port)
         dist.init_process_group(
-            self._backend(),
-            store=dist.PrefixStore(f"fulmen/group{self._groups_joined}", self._store),
-            rank=self.global_rank,
-            world_size=self.world_size,
-            timeout=self.timeout,
+            self._backend(), rank=self.global_rank, world_size=self.world_size, timeout=self.timeout,
         )
+        # Leaving with the group alive lets gloo's threads abort the process (SIGABRT) when
+        # a peer disconnects first; close it in an orderly way at exit.
+        atexit.register(guards.destroy_process_group)
 
     @property
     def supports_inference_mode(self) -> bool:
@@ -294,15 +275,10 @@ class DDPStrategy(Strategy):
         return module.state_dict()
 
     def teardown(self) -> None:
-        """After a stage: the devices, the launcher's bookkeeping and the process group
-        go; the next stage's ``setup_environment`` joins a new group. Leaving together
-        (a barrier) unless an error is on its way out, when a peer may already be gone."""
+        """After a stage: the devices and the launcher's bookkeeping are released. The
+        process group is not: it belongs to the job, and what users do after ``fit``
+        (``trainer.save_checkpoint``, ``trainer.test``, their own collectives, a group they
+        created before the Trainer) needs it. It is left in an orderly way at exit."""
         super().teardown()
         if self._launcher is not None:
             self._launcher.teardown()
-        self._release_process_group(failed=sys.exc_info()[1] is not None)
-
-    def _release_process_group(self, failed: bool) -> None:
-        guards.destroy_process_group(failed=failed)
-        self._environment_ready = False
-

@@ -150,7 +150,7 @@ def automatic_step(trainer, batch: Any, batch_idx: int, stepping: bool):
             calls["n"] += 1
             if calls["n"] == 1:
                 return loss
-            raw_optimizer.zero_grad()
+            strategy.zero_grad(raw_optimizer)
             return _forward_backward(trainer, batch, batch_idx, holder)
 
         optimizer.step(closure)

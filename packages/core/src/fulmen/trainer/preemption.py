@@ -151,7 +151,8 @@ def requeue(trainer) -> Optional[str]:
     under the local environment, so the registered environments are asked whether this is
     one of their scheduled jobs too."""
     environment = trainer.strategy.cluster_environment
-    note = environment.requeue() if environment is not None else None
+    ask = getattr(environment, "requeue", None)  # duck-typed environments may lack it
+    note = ask() if callable(ask) else None
     if note is not None:
         return note
     for entry in trainer.fabric.registry.entries("environment"):

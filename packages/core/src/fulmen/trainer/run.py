@@ -75,12 +75,14 @@ def run_stage(trainer, stage: str, model, datamodule, body: Callable[[], Any]) -
         finally:
             trainer._relay.detach()
             trainer._resume_checkpoint = None
-            trainer.strategy.checkpoint_io.teardown()  # waits for background writes
-            # Release the process group and devices; the next stage sets them up anew
-            # and wraps the module again (the old wrapper belongs to the old group).
-            trainer.strategy.teardown()
-            trainer._strategy_torn_down = True
-            trainer._module_setup_for = None
+            try:
+                trainer.strategy.checkpoint_io.teardown()  # waits for background writes
+            finally:
+                # Release what the stage took (devices, background writers); the next stage
+                # sets the environment up again and wraps the module anew.
+                trainer._strategy_torn_down = True
+                trainer._module_setup_for = None
+                trainer.strategy.teardown()
     trainer.state = "finished"
     if stage == "fit":
         trainer._finalize_loggers("success")

@@ -272,17 +272,13 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
             self._check_optimizers(optimizers)
             return optimizers, schedulers
 
-        if self._module_setup_for is module:  # wrapped already (validate ran before fit)
-            optimizers, schedulers = configure()
-            self.optimizers = [self.fabric.setup_optimizer(opt) for opt in optimizers]
-        else:
-            self._configure_model()
-            # One call: the strategy decides whether optimizers are built before or after
-            # the module is wrapped (an engine may own both as one object).
-            self._forward_module, self.optimizers, schedulers = self.fabric.setup_module_and_optimizers(
-                self._dispatcher, configure
-            )
-            self._module_setup_for = module
+        self._configure_model()
+        # One call: the strategy decides whether optimizers are built before or after the
+        # module is wrapped (an engine may own both as one object). Every stage wraps anew.
+        self._forward_module, self.optimizers, schedulers = self.fabric.setup_module_and_optimizers(
+            self._dispatcher, configure
+        )
+        self._module_setup_for = module
         if not module.automatic_optimization:
             for opt in self.optimizers:
                 opt._before_step.append(self._before_manual_step)

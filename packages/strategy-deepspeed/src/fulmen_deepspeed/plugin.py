@@ -1,9 +1,45 @@
 """Entry point of fulmen-strategy-deepspeed in the ``fulmen.plugins`` group.
 
 fulmen imports this module at the first Trainer/Fabric, after checking this distribution's
-requirement on ``fulmen``. It must stay import-light: backend libraries are imported
-inside factories, when a user asks for one of this package's names (deepspeed_stage_*).
-No names are registered yet: the backend is being built (see the project's issues), and an
-installed but empty plugin is reported as such by ``fulmen plugins`` and by the error
-for an unknown name, rather than failing later inside a half-made strategy.
+requirement on ``fulmen``. It stays import-light: neither ``deepspeed`` (seconds to import,
+and it probes the accelerator) nor the strategy module is imported here; the factories
+import them when a user asks for one of the names.
 """
+
+from __future__ import annotations
+
+from fulmen.hookspecs import hookimpl
+
+_STRATEGY = "fulmen_deepspeed.strategy:DeepSpeedStrategy"
+
+#: name -> (preset arguments, description)
+NAMES = {
+    "deepspeed": ({}, "DeepSpeed with your config (DeepSpeedStrategy(config=...)); ZeRO stage 2 without one"),
+    "deepspeed_stage_1": ({"stage": 1}, "DeepSpeed ZeRO stage 1: optimizer state sharded across processes"),
+    "deepspeed_stage_2": ({"stage": 2}, "DeepSpeed ZeRO stage 2: optimizer state and gradients sharded"),
+    "deepspeed_stage_3": ({"stage": 3}, "DeepSpeed ZeRO stage 3: parameters, gradients and optimizer state sharded"),
+}
+
+
+def _lazy(path: str, **preset):
+    """A factory that imports ``module:Class`` when called; ``options`` override ``preset``."""
+    module_name, _, class_name = path.partition(":")
+
+    def resolve():
+        import importlib
+
+        return getattr(importlib.import_module(module_name), class_name)
+
+    def factory(**options):
+        return resolve()(**{**preset, **options})
+
+    factory.__name__ = class_name
+    factory.resolve = resolve
+    return factory
+
+
+@hookimpl
+def register_strategies(register):
+    """Register ``deepspeed`` and ``deepspeed_stage_1/2/3``; nothing heavy is imported."""
+    for name, (preset, description) in NAMES.items():
+        register(name, _lazy(_STRATEGY, **preset), description)

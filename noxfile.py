@@ -118,3 +118,19 @@ def docs(session: nox.Session) -> None:
                     "mkdocstrings-python==2.0.11", "griffe-inherited-docstrings==1.1.4", "ruff==0.17.6")
     site_dir = [] if "--site-dir" in session.posargs else ["--site-dir", "build/site"]
     session.run("mkdocs", "build", "--strict", *site_dir, *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session
+def deepspeed(session: nox.Session) -> None:
+    """The DeepSpeed strategies for real on 2 CPU processes (``tests/deepspeed``): the
+    ``tests`` session's install plus DeepSpeed, pinned and pure Python (``DS_BUILD_OPS=0``).
+    Its ops are JIT-compiled on first use (deepspeed_shm_comm_op, 40-60 s) into a cache
+    that outlives the session's virtualenv, so they are built once per machine. The default
+    ``tests`` session skips these tests, saying why."""
+    install_torch(session)
+    session.install(*_find_links(), *TEST_DEPS)
+    install_fulmen(session)
+    session.install(*_find_links(), "deepspeed==0.19.8", env={"DS_BUILD_OPS": "0"})
+    extensions = os.path.join(getattr(session, "cache_dir", os.path.expanduser("~/.cache")), "torch_extensions")
+    session.run("python", "-m", "pytest", "tests/deepspeed", *session.posargs,
+                env={"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", extensions)})

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("deepspeed", reason="deepspeed is not installed: DS_BUILD_OPS=0 pip install deepspeed (nox -s deepspeed)")
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ds_helpers import HERE, PYTHON, run  # noqa: E402
 
+SKIP_REASON = "deepspeed is not installed: DS_BUILD_OPS=0 pip install deepspeed (or run nox -s deepspeed)"
 TRAINER_SCRIPT = HERE / "ds_trainer_script.py"
 ACCUMULATE, CLIP = 2, 0.5
 COMMON = {"accumulate": ACCUMULATE, "clip": CLIP}
@@ -59,6 +58,14 @@ def launch_trainer(root: Path, name: str, runs, devices: int = 2, expect_code: i
     if expect_code is not None:
         assert proc.returncode == expect_code, proc.log[-6000:]
     return proc
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _needs_deepspeed():
+    """Every test here skips, with the reason, where deepspeed is not installed. A fixture
+    rather than a module-level importorskip: a skip raised while pytest loads this conftest
+    as an initial one (``pytest tests/deepspeed``) is an error, not a skip."""
+    pytest.importorskip("deepspeed", reason=SKIP_REASON)
 
 
 @pytest.fixture(scope="session")

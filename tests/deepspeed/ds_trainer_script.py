@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fulmen  # noqa: E402
 from ds_helpers import Regressor, loader  # noqa: E402
 
-HANG_DUMP_S = 150
+HANG_DUMP_S = 420  # under the launch timeout, above a slow but healthy launch
 
 DEFAULTS = {
     "name": "run",

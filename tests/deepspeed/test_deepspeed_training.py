@@ -10,6 +10,9 @@ import pytest
 from conftest import ACCUMULATE, CLIP
 from ds_helpers import ranks
 
+# The shared launch runs inside the first test that asks for it (pyproject's 300 s is per test).
+pytestmark = pytest.mark.timeout(540)
+
 STAGES = ["stage_1", "stage_2", "stage_3"]
 MICRO_BATCHES = 2 * 64 // (2 * 4)  # 2 epochs of 64 samples, 2 processes, batch 4
 

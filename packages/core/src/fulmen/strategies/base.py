@@ -12,10 +12,11 @@ owns backward, the optimizer step, clipping, accumulation and its own checkpoint
     launcher.launch(...)                      # only if ``launcher`` is not None
     setup_environment()                       # every process, before any model
     module_init_context(empty_init)           # around configure_model()
-    setup_module_and_optimizers(module, optimizers, schedulers)
+    setup_module_and_optimizers(module, configure_optimizers)   # fit; setup_module otherwise
     process_dataloader(loader) per loader; batch_to_device(batch) per batch
-    per micro-batch:  forward_context(); backward(loss, module)
-                      optimizer_step(optimizer, closure, boundary=False)   # accumulating
+    per micro-batch:  [no_backward_sync(module) while accumulating, if supported]
+                      forward_context(); backward(loss, module)
+                      optimizer_step(optimizer, None, boundary=False)   # accumulating
     per boundary:     clip_gradients_norm/value(...); optimizer_step(..., boundary=True)
                       zero_grad(optimizer)
     evaluation_context(inference_mode)        # around validate/test/predict loops

@@ -11,24 +11,8 @@ from __future__ import annotations
 import functools
 
 from fulmen.hookspecs import hookimpl
+from fulmen.plugins.lazy import lazy_factory as _lazy
 
-
-def _lazy(path: str, **preset):
-    """A factory that imports ``module:Class`` on first use, exposing the class's
-    ``is_available``/``auto_priority``/``detect`` without importing anything heavy."""
-    module_name, _, class_name = path.partition(":")
-
-    def resolve():
-        import importlib
-
-        return getattr(importlib.import_module(module_name), class_name)
-
-    def factory(**options):
-        return resolve()(**{**preset, **options})
-
-    factory.__name__ = class_name
-    factory.resolve = resolve
-    return factory
 
 
 @hookimpl

@@ -8,25 +8,10 @@ strategy module are imported by the factories, only when a user asks for one of 
 from __future__ import annotations
 
 from fulmen.hookspecs import hookimpl
+from fulmen.plugins.lazy import lazy_factory as _lazy
 
 _STRATEGY = "fulmen_fsdp.strategy:FSDPStrategy"
 
-
-def _lazy(path: str, **preset):
-    """A factory that imports ``module:Class`` when called; ``options`` override ``preset``."""
-    module_name, _, class_name = path.partition(":")
-
-    def resolve():
-        import importlib
-
-        return getattr(importlib.import_module(module_name), class_name)
-
-    def factory(**options):
-        return resolve()(**{**preset, **options})
-
-    factory.__name__ = class_name
-    factory.resolve = resolve
-    return factory
 
 
 @hookimpl

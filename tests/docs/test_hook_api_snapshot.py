@@ -67,7 +67,12 @@ SNAPSHOT = {
     "on_save_checkpoint": (LIFECYCLE + ["checkpoint"], "0.1.0"),
     "on_load_checkpoint": (LIFECYCLE + ["checkpoint"], "0.1.0"),
     "on_exception": (LIFECYCLE + ["exception"], "0.1.0"),
+    "read_checkpoint_directory": (["path"], "Unreleased"),
 }
+
+# Hooks whose first non-None answer is the result (pluggy's firstresult): a reader asks
+# the plugins in turn until one recognises the format. Fixed per hook once released.
+FIRSTRESULT = {"read_checkpoint_directory"}
 
 
 def current():
@@ -98,7 +103,7 @@ def test_no_argument_was_removed_or_renamed():
 
 def test_calling_conventions_did_not_change():
     for name, (_, options) in current().items():
-        assert not options.get("firstresult") and not options.get("historic"), (
+        assert bool(options.get("firstresult")) == (name in FIRSTRESULT) and not options.get("historic"), (
             f"{name} changed how it is called (firstresult/historic); that changes what return values mean")
 
 

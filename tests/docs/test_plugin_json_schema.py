@@ -161,7 +161,7 @@ def test_the_validator_rejects_what_the_schema_does_not_allow(change, complaint)
         "fulmen_version": "0.1.0",
         "plugins": [{"name": "fulmen", "distribution": "fulmen", "version": "0.1.0", "target": "fulmen.builtins",
                      "status": "loaded", "reason": "", "requirement": "", "registers": {"strategy": ["a"]},
-                     "unavailable": {}}],
+                     "unavailable": {}, "backends": []}],
     }
     assert violations(document, documented_schema()) == []
     change(document)

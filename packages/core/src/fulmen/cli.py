@@ -25,6 +25,7 @@ def _plugin_rows():
         if names:
             builtin["registers"][kind] = names
     builtin["unavailable"] = _unavailable_names(registry, "fulmen")
+    builtin["backends"] = _backends(registry, "fulmen")
     rows.append(builtin)
     for record in plugin_set.records:
         row = record.as_dict()
@@ -32,6 +33,7 @@ def _plugin_rows():
             row["status"] = discovery.DISABLED
             row["reason"] = plugin_set.disabled[record.name]
         row["unavailable"] = _unavailable_names(registry, record.name)
+        row["backends"] = _backends(registry, record.name)
         rows.append(row)
     return rows
 
@@ -49,6 +51,20 @@ def _unavailable_names(registry, plugin: str):
     return out
 
 
+def _backends(registry, plugin: str):
+    """The libraries behind a plugin's names, with their versions (a factory may define
+    ``backend()`` returning e.g. "deepspeed 0.19.8", or None when it is not installed):
+    which DeepSpeed a strategy will run is the first thing a bug report needs."""
+    found = set()
+    for table in registry.tables.values():
+        for entry in table.values():
+            describe = getattr(entry.factory, "backend", None)
+            value = describe() if entry.plugin == plugin and callable(describe) else None
+            if value:
+                found.add(value)
+    return sorted(found)
+
+
 def _print_table(rows) -> None:
     for row in rows:
         head = f"{row['name']}  ({row['distribution'] or '?'} {row['version'] or ''})".rstrip()
@@ -56,6 +72,8 @@ def _print_table(rows) -> None:
         print(f"{head}: {status}" + (f" - {row['reason']}" if row["reason"] else ""))
         if row.get("requirement"):
             print(f"    requires {row['requirement']}")
+        if row.get("backends"):
+            print(f"    uses {', '.join(row['backends'])}")
         for kind, names in sorted(row["registers"].items()):
             print(f"    {kind}: {', '.join(names)}")
         for kind, reasons in sorted(row.get("unavailable", {}).items()):

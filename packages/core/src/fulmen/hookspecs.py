@@ -114,6 +114,19 @@ def register_cli_commands(register):
     that is already taken (``plugins``, or another plugin's) is refused with a warning."""
 
 
+# --------------------------------------------------------------------------- checkpoint formats
+
+
+@hookspec(firstresult=True)
+def read_checkpoint_directory(path):
+    """Read a checkpoint *directory* written by a plugin's strategy (one that keeps its own
+    on-disk format, such as DeepSpeed's ZeRO shards) as one fulmen checkpoint dict with a full,
+    unsharded ``state_dict``. Return None when ``path`` is not in your format, so the next
+    plugin is asked. ``Module.load_from_checkpoint(DIR)`` calls it, so users load such a
+    directory without knowing which plugin wrote it. Implementations must refuse damaged or
+    code-carrying files with ``FulmenCheckpointError`` naming the file, never unpickle them."""
+
+
 # --------------------------------------------------------------------------- setup/teardown
 
 

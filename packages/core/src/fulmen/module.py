@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -228,10 +228,10 @@ class Module(HookCarrier, nn.Module):
     ) -> "Module":
         """Rebuild the module from its saved hyperparameters (overridden by ``kwargs``) and
         load its weights. The file is read with ``weights_only=True`` after its checksum was
-        verified; ``safe_globals`` lists classes you trust to be rebuilt from it."""
-        from fulmen.io.checkpoint_io import TorchCheckpointIO
-
-        checkpoint = TorchCheckpointIO(safe_globals=safe_globals).load_checkpoint(checkpoint_path, map_location=map_location)
+        verified; ``safe_globals`` lists classes you trust to be rebuilt from it. A checkpoint
+        *directory* in a plugin's own format (DeepSpeed's ZeRO shards) is read by the plugin
+        that wrote it (hook ``read_checkpoint_directory``), consolidated in CPU memory."""
+        checkpoint = _read_checkpoint(checkpoint_path, map_location, safe_globals)
         if "state_dict" not in checkpoint:
             raise FulmenConfigError(
                 f"{checkpoint_path} has no 'state_dict' entry; it was not written by a fulmen "
@@ -256,6 +256,22 @@ class Module(HookCarrier, nn.Module):
         if map_location is not None:
             module.to(map_location)
         return module.eval()
+
+
+def _read_checkpoint(path: Union[str, Path], map_location: Any, safe_globals: Optional[List[Any]]) -> Dict[str, Any]:
+    """A checkpoint file through fulmen's safe reader, or a directory through the installed
+    plugin that recognises its format."""
+    from fulmen.io.checkpoint_io import TorchCheckpointIO
+
+    reader = TorchCheckpointIO(safe_globals=safe_globals)
+    if Path(path).is_dir():
+        from fulmen.plugins import manager
+
+        # On CPU; load_from_checkpoint moves the module to map_location after loading.
+        checkpoint = manager.build().manager.hook.read_checkpoint_directory(path=str(path))
+        if checkpoint is not None:
+            return checkpoint
+    return reader.load_checkpoint(path, map_location=map_location)
 
 
 Module._fulmen_hook_base = Module

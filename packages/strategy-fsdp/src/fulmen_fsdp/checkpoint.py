@@ -24,8 +24,6 @@ in the metadata file, which every rank reads in full.
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 import torch
 
 from fulmen.errors import FulmenCheckpointError
+from fulmen.io.atomic import publish_directory, remove_path  # noqa: F401 - re-exported
 
 PathLike = Union[str, os.PathLike]
 
@@ -160,15 +159,6 @@ def temporary_directory(path: PathLike) -> Path:
     return path.with_name(f".{path.name}.sharded-tmp")
 
 
-def remove_path(path: PathLike) -> None:
-    """Delete a sharded directory or a file at ``path``; nothing happens when it is gone."""
-    path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink(missing_ok=True)
-
-
 def write_metadata(metadata: Dict[str, Any], directory: PathLike, world_size: int) -> None:
     """Write the checkpoint's non-tensor part and its format header (format, version, world
     size) as ``fulmen_checkpoint.pt`` in ``directory``, through fulmen's atomic, checksummed IO."""
@@ -178,23 +168,8 @@ def write_metadata(metadata: Dict[str, Any], directory: PathLike, world_size: in
     TorchCheckpointIO().save_checkpoint({**metadata, HEADER_KEY: header}, Path(directory) / META_NAME)
 
 
-def publish(tmp: PathLike, target: PathLike) -> None:
-    """Rename the finished directory ``tmp`` to ``target``, replacing what was there.
-
-    The old checkpoint is first renamed aside and deleted only after the new one is in
-    place, so a crash in between loses nothing that was complete (at worst a hidden
-    ``.old`` directory stays behind)."""
-    from fulmen.io.atomic import fsync_directory
-
-    tmp, target = Path(tmp), Path(target)
-    old = None
-    if target.exists() or target.is_symlink():
-        old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    fsync_directory(target.parent)
-    if old is not None:
-        remove_path(old)
+# One implementation for every directory checkpoint, kept under the names this module exported.
+publish = publish_directory
 
 
 # ----------------------------------------------------------------------------- loading

@@ -6,7 +6,9 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import socket
+import uuid
 import tempfile
 import time
 from pathlib import Path
@@ -113,3 +115,30 @@ def remove_stale_temp_files(directory: PathLike) -> List[Path]:
         except OSError as exc:  # not ours to remove (permissions): leave it, train on
             log.warning("cannot remove %s: %s", candidate, exc)
     return removed
+
+
+def remove_path(path: PathLike) -> None:
+    """Delete a checkpoint directory or file at ``path``; nothing happens when it is gone."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+def publish_directory(tmp: PathLike, target: PathLike) -> None:
+    """Rename the finished directory ``tmp`` to ``target``, replacing what was there.
+
+    Directory checkpoints (sharded FSDP, DeepSpeed) cannot be renamed over an existing
+    directory in one step, so the old one is first renamed aside and deleted only after the
+    new one is in place: a crash in between loses nothing that was complete (at worst a
+    hidden ``.old`` directory stays behind)."""
+    tmp, target = Path(tmp), Path(target)
+    old = None
+    if target.exists() or target.is_symlink():
+        old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    fsync_directory(target.parent)
+    if old is not None:
+        remove_path(old)

@@ -28,3 +28,13 @@ def register_strategies(register):
     """Register ``deepspeed`` and ``deepspeed_stage_1/2/3``; nothing heavy is imported."""
     for name, (preset, description) in NAMES.items():
         register(name, _lazy(_STRATEGY, **preset), description)
+
+
+@hookimpl
+def read_checkpoint_directory(path):
+    """A fulmen DeepSpeed checkpoint directory as one weights checkpoint (verified, then
+    consolidated on the CPU); None for any other directory. The reader is imported only
+    when ``Module.load_from_checkpoint`` is handed a directory."""
+    from fulmen_deepspeed import convert
+
+    return convert.read_checkpoint(path)

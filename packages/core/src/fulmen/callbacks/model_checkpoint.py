@@ -197,6 +197,13 @@ class ModelCheckpoint(Callback):
         metrics = dict(trainer.callback_metrics)
         metrics.setdefault("epoch", torch.tensor(trainer.current_epoch))
         metrics.setdefault("step", torch.tensor(trainer.global_step))
+        if trainer.world_size > 1:
+            # Every rank must take the same decisions (top-k, file names): saving is
+            # collective (the RNG gather, and all ranks write a sharded or DeepSpeed
+            # checkpoint), so a metric logged without sync_dist, different on each rank,
+            # deadlocked the ranks that decided differently. Rank zero's values decide, as
+            # its file names always did.
+            metrics = trainer.strategy.broadcast(_plain_scalars(metrics), src=0)
         self._last_global_step_saved = trainer.global_step
         if self.save_last:
             # Set before writing: every file written now holds it in its callback state.
@@ -373,3 +380,8 @@ def format_checkpoint_name(template: str, metrics: Dict[str, Any], auto_insert_m
         replacement = (f"{name}={{" if auto_insert_metric_name else "{") + placeholder
         text = text.replace(pattern, replacement, 1)
     return text.format(**values).replace("/", "_")
+
+
+def _plain_scalars(metrics: Dict[str, Any]) -> Dict[str, Any]:
+    """Scalar tensors as CPU tensors (cheap to pickle for a broadcast), the rest unchanged."""
+    return {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}

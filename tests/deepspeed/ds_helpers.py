@@ -43,9 +43,19 @@ class Regressor(fulmen.Module):
         self.losses.append(loss.item())
         return loss
 
+    def forward(self, x):
+        return self.net(x)
+
     def validation_step(self, batch, batch_idx):
         x, y = batch
         self.log("val_loss", nn.functional.mse_loss(self.net(x), y))
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("test_loss", nn.functional.mse_loss(self.net(x), y))
+
+    def predict_step(self, batch, batch_idx):
+        return self.net(batch[0])
 
     def configure_optimizers(self):
         # SGD, not Adam: Adam's update hardly changes when every gradient is scaled by the

@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fulmen  # noqa: E402
+import torch  # noqa: E402
 from ds_helpers import Regressor, loader  # noqa: E402
 
 HANG_DUMP_S = 420  # under the launch timeout, above a slow but healthy launch
@@ -31,7 +32,34 @@ DEFAULTS = {
     "accumulate": 1,
     "clip": None,
     "expect_error": False,
+    "precision": "32-true",
+    # "regressor"; "configure_model": layers built in configure_model (zero.Init under stage 3);
+    # "config_optimizer": configure_optimizers returns None, the DeepSpeed config has the optimizer
+    "model": "regressor",
 }
+
+
+class LateRegressor(Regressor):
+    """Builds its layers in configure_model and records whether they were partitioned as made."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        del self.net
+        self.partitioned_at_creation = None
+
+    def configure_model(self):
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 32),
+                                       torch.nn.Tanh(), torch.nn.Linear(32, 2))
+        self.partitioned_at_creation = all(p.numel() == 0 and hasattr(p, "ds_id") for p in self.net.parameters())
+
+
+class ConfigOptimizerRegressor(Regressor):
+    def configure_optimizers(self):
+        return None
+
+
+MODELS = {"regressor": Regressor, "configure_model": LateRegressor, "config_optimizer": ConfigOptimizerRegressor}
 
 
 def _strategy(spec):
@@ -51,9 +79,9 @@ def train(run: dict, devices: int, out: Path) -> None:
         accelerator="cpu", strategy=_strategy(run["strategy"]), devices=devices, max_epochs=run["epochs"],
         accumulate_grad_batches=run["accumulate"], gradient_clip_val=run["clip"], logger=False,
         default_root_dir=out, enable_progress_bar=False, enable_model_summary=False, deterministic=True,
-        num_sanity_val_steps=0, enable_checkpointing=False,
+        num_sanity_val_steps=0, enable_checkpointing=False, precision=run["precision"],
     )
-    model = Regressor()
+    model = MODELS[run["model"]]()
     result = {"rank": trainer.global_rank}
     try:
         trainer.fit(model, loader(64, run["batch_size"]), loader(16, run["batch_size"]))
@@ -69,6 +97,8 @@ def train(run: dict, devices: int, out: Path) -> None:
             strategy=type(strategy).__name__,
             losses=model.losses,
             config=getattr(strategy, "effective_config", None),
+            partitioned_at_creation=getattr(model, "partitioned_at_creation", None),
+            engine_dtype=str(next(strategy.engine.module.parameters()).dtype) if hasattr(strategy, "engine") else None,
         )
     (out / f"rank_{result['rank']}.json").write_text(json.dumps(result))
 

@@ -24,12 +24,15 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Union
 
+import torch
 from torch import nn
 
-from fulmen.errors import FulmenConfigError
+from fulmen.errors import FulmenCheckpointError, FulmenConfigError
 from fulmen.strategies import DDPStrategy
 
+from fulmen_deepspeed import checkpointing as ckpt
 from fulmen_deepspeed import config as cfg
+from fulmen_deepspeed.precision import for_deepspeed
 
 _PIP = 'DS_BUILD_OPS=0 pip install "fulmen-strategy-deepspeed[deepspeed]"'
 
@@ -41,6 +44,12 @@ def import_deepspeed():
     except ImportError as exc:
         raise FulmenConfigError(f"the DeepSpeed strategies need deepspeed ({exc}); install it: {_PIP}") from None
     return deepspeed
+
+
+def _FabricModuleTypes():
+    from fulmen.fabric.wrappers import FabricModule
+
+    return (FabricModule,)
 
 
 def _trainer_of(module: nn.Module) -> Optional[Any]:
@@ -105,6 +114,17 @@ class DeepSpeedStrategy(DDPStrategy):
         self._accumulating = False
         self._micro_batch_pending = False
         self._first_loader = True
+        self._optimizer_loaded_from: Optional[str] = None
+
+    @property
+    def precision(self):
+        """The engine owns precision; any precision given becomes its DeepSpeed stand-in
+        (``fulmen_deepspeed.precision``), and an unsupported one is refused here."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value) -> None:
+        self._precision = for_deepspeed(value)
 
     @property
     def stage(self) -> int:
@@ -133,12 +153,6 @@ class DeepSpeedStrategy(DDPStrategy):
     def _resolved_config(self, module: nn.Module) -> Dict[str, Any]:
         trainer = _trainer_of(module)
         precision = getattr(self.precision, "name", "32-true")
-        if precision != "32-true":
-            # The config layer fills the fp16/bf16 blocks, but the engine's casting of
-            # inputs and fulmen's precision object must not both act; not wired yet.
-            raise FulmenConfigError(
-                f"precision={precision!r} under DeepSpeed is not supported yet; use precision='32-true'"
-            )
         resolved = cfg.resolve_config(
             self.config,
             accumulate_grad_batches=getattr(trainer, "accumulate_grad_batches", None),
@@ -163,28 +177,109 @@ class DeepSpeedStrategy(DDPStrategy):
         the engine's optimizer steps with) and the schedulers."""
         deepspeed = import_deepspeed()
         optimizers, schedulers = configure_optimizers()
-        if len(optimizers) != 1:
+        if len(optimizers) > 1:
             raise FulmenConfigError(
-                f"configure_optimizers returned {len(optimizers)} optimizers; DeepSpeedStrategy drives one engine "
-                "with one optimizer: return a single optimizer (parameter groups for different settings)"
+                f"configure_optimizers returned {len(optimizers)} optimizers; a DeepSpeed engine steps one "
+                "optimizer. Return a single optimizer (parameter groups for different settings); for several "
+                "models trained in turn with their own optimizers (a GAN), use strategy='ddp' or 'fsdp'"
+            )
+        if not optimizers and "optimizer" not in self.config:
+            raise FulmenConfigError(
+                "configure_optimizers returned no optimizer and the DeepSpeed config has no \"optimizer\" block; "
+                "return one from configure_optimizers or describe it in the config"
+            )
+        previous = self.engine
+        if previous is not None and previous.module is not module and _trainer_of(module) is None:
+            raise FulmenConfigError(
+                "this DeepSpeedStrategy already drives an engine for another model; DeepSpeed trains one "
+                "model per strategy: set up a single model (one module holding the sub-models, one optimizer)"
             )
         self.effective_config = self._resolved_config(module)
         # DeepSpeed refuses client optimizers other than Adam/Lamb under ZeRO unless told
         # otherwise; torch's optimizers (SGD in our tests) step its flat fp32 partitions
         # correctly, and the user chose this optimizer in configure_optimizers.
         self.effective_config.setdefault("zero_allow_untested_optimizer", True)
-        module = self.precision.convert_module(module)
-        engine, _, _, _ = deepspeed.initialize(
-            model=module, optimizer=optimizers[0], config=self.effective_config, dist_init_required=False,
-        )
+        self._release_engine()
+        # No precision.convert_module: the engine casts the module itself (fp16/bf16 blocks)
+        # and keeps the fp32 master weights; casting first would lose them.
+        if optimizers:
+            engine, _, _, _ = deepspeed.initialize(
+                model=module, optimizer=optimizers[0], config=self.effective_config, dist_init_required=False,
+            )
+            client = optimizers[0]  # the schedulers were built on it; its param_groups are the engine's
+        else:
+            # The config's optimizer (and scheduler, which the engine steps at each boundary).
+            trainable = [p for p in module.parameters() if p.requires_grad]
+            engine, client, _, _ = deepspeed.initialize(
+                model=module, model_parameters=trainable, config=self.effective_config, dist_init_required=False,
+            )
         self.engine = engine
-        return engine, [optimizers[0]], list(schedulers)
+        self._write_effective_config(module)
+        return engine, [client], list(schedulers)
+
+    @property
+    def optimizer_from_config(self) -> bool:
+        """Whether the config describes an optimizer, built by the engine when
+        ``configure_optimizers`` returns none (read by the Trainer)."""
+        return "optimizer" in self.config
+
+    def module_init_context(self, empty_init: Optional[bool] = None):
+        """Under ZeRO-3 the model is built inside ``deepspeed.zero.Init``: each parameter is
+        partitioned as it is created, so no process ever holds the whole model
+        (``configure_model``, ``Fabric.init_module()``)."""
+        if self.stage < 3:
+            return super().module_init_context(empty_init)
+        deepspeed = import_deepspeed()
+        zero = {k: v for k, v in self.config.get("zero_optimization", {}).items() if v != cfg.AUTO}
+        init_config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": zero}
+        block = cfg.PRECISION_BLOCKS.get(getattr(self.precision, "name", "32-true"))
+        if block is not None:
+            init_config[block] = {"enabled": True}
+        remote = zero.get("offload_param", {}).get("device")
+        # The dtype comes from the config's fp16/bf16 blocks: DeepSpeed 0.19 ignores an explicit
+        # ``dtype=`` where the accelerator lacks float16 (the CPU) and builds in bfloat16.
+        return deepspeed.zero.Init(config_dict_or_path=init_config, remote_device=remote)
 
     def setup_module(self, module: nn.Module) -> nn.Module:
-        raise FulmenConfigError(
-            "DeepSpeedStrategy sets a module up together with its optimizer (one engine); "
-            "under Fabric call fabric.setup(model, optimizer)"
-        )
+        """Evaluation without training (``validate``/``test``/``predict`` on their own, or
+        ``fabric.setup(model)``): an engine without optimizer. ZeRO-3 still partitions the
+        parameters (gathered layer by layer in forward); stages 1 and 2 shard only optimizer
+        state and gradients, which evaluation does not have, so their engine is stage 0.
+        After ``fit`` the Trainer keeps the training engine instead (see ``teardown``)."""
+        deepspeed = import_deepspeed()
+        if self.engine is not None and self.engine.module is module:
+            return self.engine
+        self._release_engine()
+        config = self._resolved_config(module)
+        config.pop("zero_allow_untested_optimizer", None)
+        if self.stage < 3:
+            config["zero_optimization"] = {"stage": 0}
+        self.effective_config = config
+        engine, _, _, _ = deepspeed.initialize(model=module, config=config, dist_init_required=False)
+        self.engine = engine
+        return engine
+
+    def _release_engine(self) -> None:
+        if self.engine is not None:
+            self.engine.destroy()
+            self.engine = None
+        self._first_loader = True
+
+    def _write_effective_config(self, module: nn.Module) -> None:
+        """``deepspeed_config.json`` in the run's log directory (rank 0): what the engine was
+        really given once "auto" values were filled, for the run's record."""
+        trainer = _trainer_of(module)
+        directory = getattr(trainer, "log_dir", None) if trainer is not None else None
+        if directory is None or not self.is_global_zero:
+            return
+        import json
+
+        from fulmen.io.atomic import atomic_write
+
+        path = Path(directory) / "deepspeed_config.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.effective_config, indent=2, sort_keys=True, default=str).encode()
+        atomic_write(path, lambda handle: handle.write(text))
 
     def process_dataloader(self, dataloader: Any) -> Any:
         """DDP's distributed sampler. The first loader after setup is the training loader
@@ -255,19 +350,79 @@ class DeepSpeedStrategy(DDPStrategy):
         raise FulmenConfigError("DeepSpeed clips gradients by norm only; use gradient_clip_algorithm='norm'")
 
     # ------------------------------------------------------------------ state
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        raise FulmenConfigError(
-            "DeepSpeed checkpoints are not implemented yet; pass Trainer(enable_checkpointing=False)"
+    # The engine's module and optimizer state live in DeepSpeed's files; the checkpoint dict
+    # carries markers in their place (``fulmen_deepspeed.checkpointing``).
+    def module_state_dict(self, module: nn.Module) -> Dict[str, Any]:
+        return ckpt.marker("module")
+
+    def optimizer_state_dict(self, optimizer) -> Dict[str, Any]:
+        return ckpt.marker("optimizer")
+
+    def load_module_state_dict(self, module: nn.Module, state: Dict[str, Any], strict: bool = True) -> None:
+        """From a DeepSpeed checkpoint directory: a training engine loads everything DeepSpeed
+        saved (weights, optimizer partitions, loss scaler, step counters; at another world size
+        through a universal checkpoint); an evaluation engine loads the consolidated weights.
+        From full weights (one file): loaded into the possibly partitioned parameters."""
+        target = module.module if isinstance(module, _FabricModuleTypes()) else module
+        if ckpt.is_marker(state):
+            path = state.get("path")
+            if path is None:
+                raise FulmenConfigError("a DeepSpeed checkpoint marker without a directory cannot be loaded")
+            if self.engine is not None and self.engine.optimizer is not None:
+                ckpt.load_into_engine(self, self.engine, path, strict=strict)
+                self._optimizer_loaded_from = path
+                return
+            from fulmen_deepspeed import convert
+
+            state = convert.read_full_state_dict(path)
+        ckpt.load_full_weights(self, self.engine, target, state, strict)
+
+    def load_optimizer_state_dict(self, optimizer, state: Dict[str, Any]) -> None:
+        """Loaded with the weights (one DeepSpeed call); a torch optimizer state from a single
+        file cannot be split into ZeRO partitions and is refused with what to do instead."""
+        if ckpt.is_marker(state):
+            if self._optimizer_loaded_from != state.get("path"):
+                raise FulmenConfigError(
+                    "a DeepSpeed optimizer state is loaded together with its module: load the module first "
+                    "(fabric.load(path, {'model': model, 'optimizer': optimizer}))"
+                )
+            return
+        raise FulmenCheckpointError(
+            "this checkpoint holds a torch optimizer state (a single-file checkpoint, e.g. a consolidated one or "
+            "one written without DeepSpeed), which DeepSpeed's partitioned optimizer cannot take; resume from the "
+            "DeepSpeed checkpoint directory (any number of processes), or start a new fit from the weights: "
+            "Module.load_from_checkpoint(path)"
         )
 
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        """A DeepSpeed checkpoint directory at ``path`` (every rank writes its partitions)."""
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__}.save_checkpoint takes no storage_options (got {storage_options!r})")
+        if self.engine is None:
+            raise FulmenConfigError("DeepSpeedStrategy.save_checkpoint needs the engine: set up the model first")
+        ckpt.save(self, self.engine, checkpoint, path)
+
     def load_checkpoint(self, path):
-        raise FulmenConfigError("DeepSpeed checkpoints are not implemented yet")
+        """A DeepSpeed directory: verified whole (checksums, no foreign files, weights-only
+        loadable) before anything in it is unpickled; returns fulmen's part, with markers that
+        ``load_module_state_dict`` resolves once the engine exists. A file: read as usual."""
+        if ckpt.is_deepspeed_checkpoint(path):
+            return ckpt.load_metadata(path)
+        return super().load_checkpoint(path)
+
+    def remove_checkpoint(self, path) -> None:
+        if Path(path).is_dir():
+            if self.is_global_zero:
+                from fulmen.io.atomic import remove_path
+
+                remove_path(path)
+            return
+        super().remove_checkpoint(path)
 
     def teardown(self) -> None:
-        """The engine goes with the process group it was built on; the next stage builds a
-        new one."""
-        if self.engine is not None:
-            self.engine.destroy()
-            self.engine = None
+        """The engine stays: after ``fit``, ``validate``/``test``/``predict`` and the user's own
+        forward passes run through it (under ZeRO-3 the parameters are partitions only the
+        engine can gather: destroying it broke evaluation after fit in Lightning, #14090). A
+        new ``fit`` or another model replaces it; process exit releases it."""
         self._first_loader = True
         super().teardown()

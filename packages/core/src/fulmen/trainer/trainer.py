@@ -288,7 +288,7 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
 
     def _check_optimizers(self, optimizers: List[Any]) -> None:
         module = self.module
-        if not optimizers:
+        if not optimizers and not getattr(self.strategy, "optimizer_from_config", False):
             raise FulmenUserCodeError("configure_optimizers returned no optimizer; return at least one to train")
         if module.automatic_optimization and len(optimizers) > 1:
             raise FulmenUserCodeError(

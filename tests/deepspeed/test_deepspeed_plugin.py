@@ -9,7 +9,12 @@ import subprocess
 import sys
 from importlib import metadata
 
-NAMES = ["deepspeed", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3"]
+import pytest
+
+from fulmen.errors import FulmenConfigError
+
+NAMES = ["deepspeed", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3",
+         "deepspeed_stage_3_offload", "deepspeed_stage_3_offload_nvme"]
 
 
 def test_the_installed_distribution_declares_the_plugin():
@@ -26,8 +31,19 @@ def test_names_are_registered_lazily_with_their_presets(clean_env):
     for name in NAMES:
         entry = registry.get("strategy", name)
         assert entry.distribution == "fulmen-strategy-deepspeed" and entry.plugin == "deepspeed" and entry.description
-    stages = {name: registry.create("strategy", name).stage for name in NAMES}
-    assert stages == {"deepspeed": 2, "deepspeed_stage_1": 1, "deepspeed_stage_2": 2, "deepspeed_stage_3": 3}
+    built = {name: registry.create("strategy", name) for name in NAMES if not name.endswith("_nvme")}
+    assert {name: s.stage for name, s in built.items()} == {
+        "deepspeed": 2, "deepspeed_stage_1": 1, "deepspeed_stage_2": 2, "deepspeed_stage_2_offload": 2,
+        "deepspeed_stage_3": 3, "deepspeed_stage_3_offload": 3}
+    zero = {name: s.config["zero_optimization"] for name, s in built.items()}
+    assert zero["deepspeed_stage_2_offload"]["offload_optimizer"] == {"device": "cpu"}
+    assert "offload_param" not in zero["deepspeed_stage_2_offload"]
+    assert zero["deepspeed_stage_3_offload"]["offload_param"] == {"device": "cpu"}
+    # NVMe needs a place on a fast disk: the name alone says so instead of guessing one.
+    with pytest.raises(FulmenConfigError, match="nvme_path"):
+        registry.create("strategy", "deepspeed_stage_3_offload_nvme")
+    nvme = registry.create("strategy", "deepspeed_stage_3_offload_nvme", nvme_path="/local_nvme")
+    assert nvme.config["zero_optimization"]["offload_param"] == {"device": "nvme", "nvme_path": "/local_nvme"}
     assert type(registry.create("strategy", "deepspeed")).__name__ == "DeepSpeedStrategy"
 
 
@@ -47,3 +63,8 @@ def test_fulmen_plugins_json_lists_the_strategies(clean_env):
     row = {row["name"]: row for row in json.loads(proc.stdout)["plugins"]}["deepspeed"]
     assert row["status"] == "loaded" and row["distribution"] == "fulmen-strategy-deepspeed"
     assert row["registers"] == {"strategy": NAMES}
+    from importlib import metadata
+
+    assert row["backends"] == [f"deepspeed {metadata.version('deepspeed')}"]  # the version a bug report needs
+    text = subprocess.run([sys.executable, "-m", "fulmen", "plugins"], capture_output=True, text=True, timeout=120)
+    assert f"uses deepspeed {metadata.version('deepspeed')}" in text.stdout

@@ -59,7 +59,17 @@ class ConfigOptimizerRegressor(Regressor):
         return None
 
 
-MODELS = {"regressor": Regressor, "configure_model": LateRegressor, "config_optimizer": ConfigOptimizerRegressor}
+class ScheduledRegressor(Regressor):
+    """StepLR every 2 optimizer steps (interval "step", frequency 2): the Trainer steps it."""
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 2}}
+
+
+MODELS = {"regressor": Regressor, "configure_model": LateRegressor, "config_optimizer": ConfigOptimizerRegressor,
+          "scheduler": ScheduledRegressor}
 
 
 def _strategy(spec):
@@ -98,6 +108,7 @@ def train(run: dict, devices: int, out: Path) -> None:
             losses=model.losses,
             config=getattr(strategy, "effective_config", None),
             partitioned_at_creation=getattr(model, "partitioned_at_creation", None),
+            final_lr=trainer.optimizers[0].param_groups[0]["lr"],
             engine_dtype=str(next(strategy.engine.module.parameters()).dtype) if hasattr(strategy, "engine") else None,
         )
     (out / f"rank_{result['rank']}.json").write_text(json.dumps(result))

@@ -162,10 +162,18 @@ def load_into_engine(strategy: Any, engine: Any, path: str, strict: bool = True)
             raise FulmenCheckpointError(f"DeepSpeed found no checkpoint under {path!r} (tag {saved['tag']!r})")
         return
     universal = Path(path).with_name(f".{Path(path).name}.universal-{strategy.world_size}")
+    failure = None
     if strategy.is_global_zero:
         remove_path(universal)
-        to_universal(Path(path) / saved["tag"], universal / "universal")
-    strategy.barrier("deepspeed.universal.converted")
+        try:
+            to_universal(Path(path) / saved["tag"], universal / "universal")
+        except FulmenCheckpointError as exc:
+            remove_path(universal)  # nothing half-converted stays next to the checkpoint
+            failure = str(exc)
+    # Every rank raises the same error, rather than waiting for a load that never comes.
+    failure = strategy.broadcast(failure, src=0)
+    if failure is not None:
+        raise FulmenCheckpointError(failure)
     config = engine._config
     previous = config.load_universal_checkpoint
     config.load_universal_checkpoint = True

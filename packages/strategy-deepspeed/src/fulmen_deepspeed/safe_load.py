@@ -118,6 +118,8 @@ def install(engine: Any) -> Any:
     ``TorchCheckpointEngine`` subclass whose ``load`` is :func:`load`; everything else (saving,
     commits, decoupled writers) still goes to the engine it replaces. Idempotent; returns it."""
     current = engine.checkpoint_engine
+    if current is None:  # an engine without checkpointing (ZeRO-3 evaluation) reads nothing
+        return None
     safe_class = _safe_engine_class()
     if not isinstance(current, safe_class):
         engine.checkpoint_engine = safe_class(current)

@@ -115,6 +115,9 @@ class DeepSpeedStrategy(DDPStrategy):
         self._micro_batch_pending = False
         self._first_loader = True
         self._optimizer_loaded_from: Optional[str] = None
+        self._exit_hook = False
+        self._engine_trains = False
+        self._config_dir: Optional[str] = None
 
     @property
     def precision(self):
@@ -133,6 +136,7 @@ class DeepSpeedStrategy(DDPStrategy):
     def __getstate__(self) -> Dict[str, Any]:
         state = super().__getstate__()
         state["engine"] = None  # an engine belongs to its process group
+        state["_exit_hook"] = False
         return state
 
     # ------------------------------------------------------------------ setup
@@ -213,7 +217,7 @@ class DeepSpeedStrategy(DDPStrategy):
             engine, client, _, _ = deepspeed.initialize(
                 model=module, model_parameters=trainable, config=self.effective_config, dist_init_required=False,
             )
-        self.engine = engine
+        self._keep_engine(engine, trains=True)
         self._write_effective_config(module)
         return engine, [client], list(schedulers)
 
@@ -256,8 +260,23 @@ class DeepSpeedStrategy(DDPStrategy):
             config["zero_optimization"] = {"stage": 0}
         self.effective_config = config
         engine, _, _, _ = deepspeed.initialize(model=module, config=config, dist_init_required=False)
-        self.engine = engine
+        self._keep_engine(engine, trains=False)
         return engine
+
+    def _keep_engine(self, engine, trains: bool) -> None:
+        """The engine lives until a new one replaces it or the process ends. At exit it is
+        released before the process group (atexit runs last-registered first; DDP registered
+        the group's orderly destroy when it created it), so no ZeRO-3 hook or DeepSpeed
+        communication state outlives the group it talks through."""
+        self.engine = engine
+        # An evaluation engine has no optimizer of ours (under ZeRO-3 its ``optimizer`` is
+        # DeepSpeed's parameter-offload helper, not None): it loads consolidated weights.
+        self._engine_trains = trains
+        if not self._exit_hook:
+            import atexit
+
+            atexit.register(self._release_engine)
+            self._exit_hook = True
 
     def _release_engine(self) -> None:
         if self.engine is not None:
@@ -270,6 +289,11 @@ class DeepSpeedStrategy(DDPStrategy):
         really given once "auto" values were filled, for the run's record."""
         trainer = _trainer_of(module)
         directory = getattr(trainer, "log_dir", None) if trainer is not None else None
+        self._config_dir = directory
+        self._rewrite_effective_config()
+
+    def _rewrite_effective_config(self) -> None:
+        directory = self._config_dir
         if directory is None or not self.is_global_zero:
             return
         import json
@@ -293,6 +317,7 @@ class DeepSpeedStrategy(DDPStrategy):
                     self.engine.set_train_micro_batch_size(batch_size)
                     self.effective_config["train_micro_batch_size_per_gpu"] = batch_size
                     self._micro_batch_pending = False
+                    self._rewrite_effective_config()
                 elif self.effective_config["train_micro_batch_size_per_gpu"] != batch_size:
                     raise FulmenConfigError(
                         "the DeepSpeed config says train_micro_batch_size_per_gpu="
@@ -368,7 +393,7 @@ class DeepSpeedStrategy(DDPStrategy):
             path = state.get("path")
             if path is None:
                 raise FulmenConfigError("a DeepSpeed checkpoint marker without a directory cannot be loaded")
-            if self.engine is not None and self.engine.optimizer is not None:
+            if self.engine is not None and self._engine_trains:
                 ckpt.load_into_engine(self, self.engine, path, strict=strict)
                 self._optimizer_loaded_from = path
                 return

@@ -109,6 +109,7 @@ def train(run: dict, devices: int, out: Path) -> None:
             config=getattr(strategy, "effective_config", None),
             partitioned_at_creation=getattr(model, "partitioned_at_creation", None),
             final_lr=trainer.optimizers[0].param_groups[0]["lr"],
+            environment=type(strategy.cluster_environment).__name__,
             engine_dtype=str(next(strategy.engine.module.parameters()).dtype) if hasattr(strategy, "engine") else None,
         )
     (out / f"rank_{result['rank']}.json").write_text(json.dumps(result))

@@ -59,6 +59,7 @@ def test_torchrun_launches_the_deepspeed_strategy(feature_runs, tmp_path):
     assert proc.returncode == 0, proc.log[-6000:]
     got = ranks(tmp_path / "torchrun_stage_2")
     assert [r["world_size"] for r in got] == [2, 2] and got[0]["losses"] != got[1]["losses"]
+    assert [r["environment"] for r in got] == ["TorchElasticEnvironment"] * 2
     for reference, rank in zip(ranks(feature_runs[0] / "ddp"), got):
         assert rank["global_step"] == reference["global_step"] == 16
         assert rank["losses"] == pytest.approx(reference["losses"], rel=1e-5, abs=1e-6)
@@ -109,3 +110,29 @@ def test_optimizer_offload_to_cpu_trains_as_ddp(feature_runs):
     for reference, got in zip(ranks(root / "ddp"), ranks(root / "stage_2_offload")):
         assert got["config"]["zero_optimization"]["offload_optimizer"] == {"device": "cpu"}
         assert got["losses"] == pytest.approx(reference["losses"], rel=1e-5, abs=1e-6)
+
+
+def test_the_deepspeed_launcher_launches_the_deepspeed_strategy(feature_runs, tmp_path):
+    """``deepspeed --num_gpus 2`` on one node (no pdsh or SSH): its launcher sets the torch
+    variables, fulmen takes the layout from them (``--no_local_rank``: the script's own
+    arguments are not DeepSpeed's)."""
+    import json
+    import shutil
+    import socket
+
+    from conftest import TRAINER_SCRIPT
+    from ds_helpers import run
+
+    launcher = shutil.which("deepspeed")
+    assert launcher, "the deepspeed distribution installs the deepspeed command"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runs = [{"name": "launcher_stage_2", "strategy": "deepspeed_stage_2"}]
+    proc = run([launcher, "--num_gpus", "2", "--no_local_rank", "--master_addr", "127.0.0.1", "--master_port", port,
+                TRAINER_SCRIPT, "--out", tmp_path, "--devices", "2", "--runs", json.dumps(runs)], tmp_path, "deepspeed")
+    assert proc.returncode == 0, proc.log[-6000:]
+    got = ranks(tmp_path / "launcher_stage_2")
+    assert [r["environment"] for r in got] == ["TorchElasticEnvironment"] * 2
+    for reference, rank in zip(ranks(feature_runs[0] / "ddp"), got):
+        assert rank["losses"] == pytest.approx(reference["losses"], rel=1e-5, abs=1e-6)

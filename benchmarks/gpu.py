@@ -20,6 +20,12 @@ still leaves the parts it finished; a part that would not fit in ``--budget`` is
 3. GPT-2 small (124M, batch 16 × 1024 tokens, bf16-mixed, AdamW) eager: raw, Trainer, Fabric.
 4. the same with ``torch.compile`` (the network is compiled once and shared by all variants,
    reset to the same initial weights before each run).
+5. DeepSpeed ZeRO stage 2 and 3 with bf16 on one GPU (``benchmarks/deepspeed_overhead.py``):
+   GPT-2 small, a hand-written ``deepspeed.initialize`` loop against the fulmen Trainer and
+   Fabric (``strategy="deepspeed_stage_2"``/``"_3"``, ``precision="bf16-mixed"``); every run
+   is a fresh process (~20 s each, 12 runs), so this part needs about four minutes of its own:
+   ``python benchmarks/gpu.py --skip sync mlp gpt_eager gpt_compile`` runs it alone. Skipped,
+   saying so, where deepspeed is not installed.
 
 Uses only torch APIs available in torch 2.11. ``--lightning`` adds the Lightning variants
 when Lightning is importable.
@@ -45,6 +51,7 @@ except ImportError:  # a checkout without an install: use the sources
 
 import torch  # noqa: E402
 
+import deepspeed_overhead  # noqa: E402
 import overhead  # noqa: E402
 from common import Spec, fmt_ratio, machine  # noqa: E402
 
@@ -218,6 +225,23 @@ def timing_part(spec: Spec, variants: List[str], repeats: int) -> Dict[str, Any]
     return result
 
 
+def deepspeed_part(device: str, sizes: Dict[str, int], steps: int, warmup: int, repeats: int) -> Dict[str, Any]:
+    """ZeRO stages 2 and 3, bf16, one process on one device: raw DeepSpeed, Trainer, Fabric."""
+    if not deepspeed_overhead.deepspeed_available():
+        return {"skipped": "deepspeed is not installed (DS_BUILD_OPS=0 pip install deepspeed)"}
+    from importlib import metadata
+
+    argv = ["--model", "gpt", "--stages", "2", "3", "--device", device, "--devices", "1", "--precision", "bf16-mixed",
+            "--steps", str(steps), "--warmup", str(warmup), "--repeats", str(repeats)]
+    for key in ("batch", "vocab", "seq", "n_layer", "n_head"):
+        argv += [f"--{key.replace('_', '-')}", str(sizes[key])]
+    argv += ["--d-model", str(sizes["d_model"])]
+    result = deepspeed_overhead.run(deepspeed_overhead.parse_args(argv), log=print)
+    result["deepspeed"] = metadata.version("deepspeed")
+    result["command"] = "python benchmarks/deepspeed_overhead.py " + " ".join(argv)
+    return result
+
+
 def markdown(results: Dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
@@ -253,6 +277,15 @@ def markdown(results: Dict[str, Any]) -> str:
             continue
         s = part["spec"]
         lines += [f"## {title}", "", f"batch {s['batch']}, {s['steps']} timed steps after {s['warmup']}, {part['repeats']} rounds, {part['seconds']:.0f} s", "", overhead.table(part), ""]
+    part = results.get("deepspeed")
+    if part:
+        title = "DeepSpeed ZeRO-2 and ZeRO-3, bf16, " + ("GPT-2 small, 1 GPU" if not results["dry_run"] else "tiny GPT (dry run), 1 process")
+        if "skipped" in part or "error" in part:
+            lines += [f"## {title}", "", f"not run: {part.get('skipped') or part.get('error')}", ""]
+        else:
+            o = part["options"]
+            lines += [f"## {title}", "", f"deepspeed {part['deepspeed']}; batch {o['batch']}, {o['steps']} timed steps after {o['warmup']}, "
+                      f"{part['repeats']} rounds, {part['seconds']:.0f} s; `{part['command']}`", "", deepspeed_overhead.table(part), ""]
     return "\n".join(lines)
 
 
@@ -264,7 +297,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--out", default=os.environ.get("OUT") or str(HERE / "out" / "gpu"))
     p.add_argument("--lightning", action="store_true", help="add Lightning variants if importable")
-    p.add_argument("--skip", nargs="*", default=[], choices=["sync", "mlp", "gpt_eager", "gpt_compile"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["sync", "mlp", "gpt_eager", "gpt_compile", "deepspeed"])
     args = p.parse_args(argv)
     device = args.device or ("cpu" if args.dry_run else "cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -315,6 +348,9 @@ def main(argv=None) -> int:
         ("gpt_compile", lambda: timing_part(
             Spec(model="gpt", steps=3 if dry else 20, warmup=2 if dry else 5, device=device, precision="bf16-mixed", compile=True, **(tiny_gpt if dry else gpt2)),
             gpt_variants, args.repeats or (2 if dry else 3)), 150),
+        ("deepspeed", lambda: deepspeed_part(
+            device, tiny_gpt if dry else gpt2, steps=3 if dry else 20, warmup=1 if dry else 5,
+            repeats=args.repeats or (1 if dry else 2)), 240),
     ]
     if "sync" not in args.skip:
         print("sync check ...", flush=True)
@@ -335,8 +371,13 @@ def main(argv=None) -> int:
         print(f"{name} ...", flush=True)
         try:
             results[name] = run()
-            results[name]["repeats"] = len(next(iter(results[name]["variants"].values()))["us_per_step"])
-            print(overhead.table(results[name]), flush=True)
+            if "variants" in results[name]:
+                results[name]["repeats"] = len(next(iter(results[name]["variants"].values()))["us_per_step"])
+                print(overhead.table(results[name]), flush=True)
+            elif "stages" in results[name]:
+                print(deepspeed_overhead.table(results[name]), flush=True)
+            else:
+                print(results[name].get("skipped", ""), flush=True)
         except Exception as exc:
             results[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
             print(results[name]["error"], flush=True)

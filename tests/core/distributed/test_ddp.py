@@ -174,10 +174,10 @@ def test_a_sigkilled_rank_ends_the_job(tmp_path, failing_rank):
     cmd = [PYTHON, str(SCRIPT), "--out", str(tmp_path / "out"), "--epochs", "50", "--fail-rank", str(failing_rank),
            "--fail-mode", "kill", "--timeout", "60"]
     proc, seconds = run(cmd, tmp_path, timeout=120)
-    assert proc.returncode != 0
-    assert seconds < 60, f"took {seconds:.0f}s: the surviving rank hung"
+    assert proc.returncode != 0, proc.log
+    assert seconds < 60, f"took {seconds:.0f}s: the surviving rank hung\n{proc.log}"
     if failing_rank == 1:
-        assert "rank 1 was killed by SIGKILL" in proc.log
+        assert "rank 1 was killed by SIGKILL" in proc.log, f"exit code {proc.returncode}, log:\n{proc.log}"
 
 
 def test_ddp_resume_from_checkpoint_is_exact(tmp_path):

@@ -55,8 +55,11 @@ def record_exception(rank: int, exc: BaseException) -> None:
         "message": str(exc),
         "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:],
     }
-    try:
-        error_file(directory, rank).write_text(json.dumps(payload))
+    target = error_file(directory, rank)
+    partial = target.with_suffix(".partial")
+    try:  # renamed into place, so that the launcher never reads half a record
+        partial.write_text(json.dumps(payload))
+        os.replace(partial, target)
     except OSError:
         pass
 

@@ -22,6 +22,8 @@ from fulmen.errors import FulmenConfigError
 from fulmen.strategies.launchers import guards
 
 PREEMPTED_EXIT_CODE = 75  # a rank that saved and left on a preemption signal did not fail
+# How long a failing rank 0 waits for the rank whose failure it echoes to report.
+REPORT_GRACE_SECONDS = 3.0
 
 
 def script_command() -> List[str]:
@@ -138,12 +140,7 @@ class SubprocessScriptLauncher:
             # Often this rank's error is only the echo of another rank's (a closed
             # connection): give the others a moment to report, then name the real cause.
             self._done.set()
-            time.sleep(0.5)
-            causes = [
-                guards.describe_failure(self._error_dir, rank, process.returncode)
-                for rank, process in self.children
-                if process.poll() not in (None, 0)
-            ]
+            causes = self._wait_for_causes(REPORT_GRACE_SECONDS)
             self._kill_children()
             if causes:
                 sys.stderr.write(f"\nfulmen: {'; '.join(causes)}; the error above on rank 0 followed from it\n")
@@ -159,6 +156,25 @@ class SubprocessScriptLauncher:
         for rank, process in self.children:
             if process.returncode not in (0, PREEMPTED_EXIT_CODE):
                 self._abort(guards.describe_failure(self._error_dir, rank, process.returncode))
+
+    def _wait_for_causes(self, grace: float) -> List[str]:
+        """The other ranks' failures, waiting up to ``grace`` seconds for them to show.
+
+        A rank that raised records its exception before its interpreter shuts down, and a
+        loaded machine can take seconds over that shutdown; so a recorded exception counts
+        even while its process still runs, and a bare exit code only once it has exited.
+        """
+        deadline = time.monotonic() + grace
+        while True:
+            causes = [
+                guards.describe_failure(self._error_dir, rank, process.poll() or 0)
+                for rank, process in self.children
+                if guards.error_file(self._error_dir, rank).exists() or process.poll() not in (None, 0)
+            ]
+            everyone_exited = all(process.poll() is not None for _, process in self.children)
+            if causes or everyone_exited or time.monotonic() >= deadline:
+                return causes
+            time.sleep(0.1)
 
     def teardown(self) -> None:
         pass

@@ -54,6 +54,13 @@ class Accelerator:
         addressed as ``torch.device(device_type, index)``."""
         return torch.device(cls.device_type, index)
 
+    @classmethod
+    def auto_strategy(cls, num_processes: int) -> Optional[str]:
+        """The registered strategy name ``strategy="auto"`` means for this device type and this
+        many devices in all, or ``None`` for fulmen's default (``single_device``, or ``ddp``
+        for several). A device type with its own runtime (XLA) names its own strategies."""
+        return None
+
     def setup_device(self, device: torch.device) -> None:
         """Make ``device`` current for this process (no-op where that means nothing)."""
 

@@ -156,7 +156,8 @@ def resolve_strategy(
     if strategy_obj is None:
         name = "auto" if strategy is None else str(strategy)
         if name == "auto":
-            name = "ddp" if len(parallel_devices) * num_nodes > 1 else "single_device"
+            total = len(parallel_devices) * num_nodes
+            name = type(accelerator_obj).auto_strategy(total) or ("ddp" if total > 1 else "single_device")
             if name == "ddp" and name not in registry.tables["strategy"]:
                 raise FulmenConfigError(
                     f"devices={devices!r} with num_nodes={num_nodes} needs a multi-process "

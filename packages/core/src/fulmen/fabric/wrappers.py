@@ -131,10 +131,11 @@ class DeviceDataLoader:
         for _ in range(drop):  # only for loaders that cannot seek (plain iterables)
             if next(iterator, _END) is _END:
                 return
-        to_device = self._strategy.batch_to_device if self._move else None
+        if self._move:
+            iterator = self._strategy.device_batches(iterator)
         for batch in iterator:
             position.consumed += 1
-            yield to_device(batch) if to_device is not None else batch
+            yield batch
 
     def skip_next(self, batches: int) -> None:
         """Start the next pass ``batches`` into it (mid-epoch resume)."""

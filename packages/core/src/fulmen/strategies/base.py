@@ -13,7 +13,8 @@ owns backward, the optimizer step, clipping, accumulation and its own checkpoint
     setup_environment()                       # every process, before any model
     module_init_context(empty_init)           # around configure_model()
     setup_module_and_optimizers(module, configure_optimizers)   # fit; setup_module otherwise
-    process_dataloader(loader) per loader; batch_to_device(batch) per batch
+    process_dataloader(loader) per loader; device_batches(pass) per pass over it,
+                                            which calls batch_to_device(batch) per batch
     per micro-batch:  [no_backward_sync(module) while accumulating, if supported]
                       forward_context(); backward(loss, module)
                       optimizer_step(optimizer, None, boundary=False)   # accumulating
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -154,6 +155,17 @@ class Strategy:
         """Move one batch to this process's device, converted to the precision's dtype."""
         moved = move_data_to_device(batch, self.root_device, self.accelerator.non_blocking_copies)
         return self.precision.convert_input(moved)
+
+    def device_batches(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """The batches of one pass over a loader, on the device, in order.
+
+        The default moves each batch as it is asked for (:meth:`batch_to_device`). A
+        backend with its own transfer pipeline (XLA's background loader) overrides this to
+        copy ahead while the step runs; the loader counts a batch as consumed only when it
+        is handed to the loop, so reading ahead never shifts a checkpoint's position."""
+        to_device = self.batch_to_device
+        for batch in batches:
+            yield to_device(batch)
 
     def process_dataloader(self, dataloader: Any) -> Any:
         """Wrap a dataloader for this strategy: split it across processes, or hand it to

@@ -116,7 +116,7 @@ def refusal(directory: Path, relative: str, *words: str) -> str:
 
 def rewrite_manifest_entry(directory: Path, relative: str) -> None:
     """What an attacker who can write the directory does: make the manifest match the new file."""
-    from fulmen_deepspeed.manifest import _sha256
+    from fulmen.io.manifest import _sha256
 
     path = directory / "fulmen_manifest.json"
     manifest = json.loads(path.read_text())

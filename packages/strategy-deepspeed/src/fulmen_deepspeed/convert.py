@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 from fulmen.errors import FulmenCheckpointError
+from fulmen.io.manifest import manifest_format
 
 from fulmen_deepspeed.layout import FORMAT_NAME, FORMAT_VERSION, HEADER_KEY, MANIFEST_NAME, MARKER, META_NAME
+from fulmen_deepspeed.manifest import MANIFEST_FORMAT
 
 PathLike = Union[str, os.PathLike]
 
@@ -153,8 +155,9 @@ def is_fulmen_deepspeed_checkpoint(directory: PathLike) -> bool:
     directory = Path(directory)
     if not directory.is_dir():
         return False
-    if (directory / MANIFEST_NAME).exists():
-        return True
+    claimed = manifest_format(directory)
+    if claimed is not None:  # another backend's manifest (XLA SPMD) is not ours; a damaged one is reported
+        return claimed in (MANIFEST_FORMAT, "")
     if (directory / META_NAME).is_file():
         # fulmen's own checksummed, weights_only reader: safe on anyone's file.
         return HEADER_KEY in TorchCheckpointIO().load_checkpoint(directory / META_NAME)

@@ -1,126 +1,38 @@
 """The manifest that makes a DeepSpeed checkpoint directory trustworthy before anything is unpickled.
 
 DeepSpeed's own files carry no checksum, and DeepSpeed unpickles them with
-``weights_only=False``. So rank 0 writes ``fulmen_manifest.json`` last (after every rank's
-files exist), holding the size and SHA-256 of every other file; its presence says the save
-finished. :func:`verify_checkpoint_directory` refuses, naming the file, a directory that
-differs from it in any way (a missing, truncated, flipped, unlisted or linked file), then
-loads every ``.pt`` file under ``weights_only=True`` with only DeepSpeed's few checkpoint
-classes allowed, so a file whose pickle would construct anything else never reaches DeepSpeed.
+``weights_only=False``. So rank 0 writes ``fulmen_manifest.json`` last through fulmen's
+manifest (:mod:`fulmen.io.manifest`: size and SHA-256 of every other file), and
+:func:`verify_checkpoint_directory` checks the directory against it, then loads every
+``.pt`` file under ``weights_only=True`` with only DeepSpeed's few checkpoint classes
+allowed, so a file whose pickle would construct anything else never reaches DeepSpeed.
 
-Cost: every byte is read once, for the hash, in 8 MiB chunks. The probe after it
-memory-maps each (zip-format) file and reads only its pickle and zip directory, not the
-tensor bytes again. Whoever then loads the files (DeepSpeed, the converter) reads them a
-second time; one pass that both hashed and loaded would need the whole file in memory.
+The probe memory-maps each (zip-format) file and reads only its pickle and zip directory,
+not the tensor bytes again. Whoever then loads the files (DeepSpeed, the converter) reads
+them a second time; one pass that both hashed and loaded would need the whole file in memory.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import stat
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Dict, Union
 
-from fulmen.errors import FulmenCheckpointError
-from fulmen.io.atomic import atomic_write
-
-from fulmen_deepspeed.layout import MANIFEST_NAME
+from fulmen.io import manifest as _manifest
 
 PathLike = Union[str, os.PathLike]
 MANIFEST_FORMAT = "fulmen.deepspeed.manifest"
-MANIFEST_VERSION = 1
-_CHUNK = 8 << 20
-
-_USE_ANOTHER = "use another checkpoint (an earlier one, or a fresh copy from where it was saved)"
-
-
-def _sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
-    buffer = bytearray(_CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
-        while True:
-            count = handle.readinto(buffer)
-            if not count:
-                break
-            hasher.update(view[:count])
-    return hasher.hexdigest()
-
-
-def _walk(directory: Path):
-    """``(relative POSIX path, Path)`` of every file below ``directory`` but the manifest,
-    sorted; a symlink or anything that is not a regular file or directory is refused."""
-    found = []
-    for root, dirs, files in os.walk(directory, followlinks=False):
-        for name in sorted(dirs + files):
-            path = Path(root) / name
-            relative = path.relative_to(directory).as_posix()
-            mode = path.lstat().st_mode
-            if stat.S_ISLNK(mode):
-                raise FulmenCheckpointError(
-                    f"{str(path)!r} in checkpoint {str(directory)!r} is a symbolic link; a checkpoint holds its "
-                    "own files only (a link can point anywhere). Replace it by the file it points to, or "
-                    f"{_USE_ANOTHER}"
-                )
-            if stat.S_ISDIR(mode):
-                continue
-            if not stat.S_ISREG(mode):
-                raise FulmenCheckpointError(
-                    f"{str(path)!r} in checkpoint {str(directory)!r} is not a regular file; remove it, or {_USE_ANOTHER}"
-                )
-            if relative != MANIFEST_NAME:
-                found.append((relative, path))
-    return sorted(found)
+_KIND, _PACKAGE = "DeepSpeed", "fulmen-strategy-deepspeed"
 
 
 def write_manifest(directory: PathLike) -> None:
-    """Write ``fulmen_manifest.json`` (atomically) for every regular file now under ``directory``.
-    Call it last, on one process, after every rank's files are complete."""
-    directory = Path(directory)
-    files = {relative: {"size": path.stat().st_size, "sha256": _sha256(path)} for relative, path in _walk(directory)}
-    manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "algorithm": "sha256", "files": files}
-    data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
-    atomic_write(directory / MANIFEST_NAME, lambda handle: handle.write(data))
+    """Write ``fulmen_manifest.json`` for every file now under ``directory`` (last, on one process)."""
+    _manifest.write_manifest(directory, MANIFEST_FORMAT)
 
 
 def read_manifest(directory: PathLike) -> Dict[str, Any]:
     """The parsed manifest of ``directory``, checked for shape; no file is hashed."""
-    directory = Path(directory)
-    path = directory / MANIFEST_NAME
-    if path.is_symlink():
-        raise FulmenCheckpointError(f"{str(path)!r} is a symbolic link; {_USE_ANOTHER}")
-    if not path.is_file():
-        raise FulmenCheckpointError(
-            f"checkpoint {str(directory)!r} has no {MANIFEST_NAME}: its save did not finish (the manifest is "
-            f"written last), or it is not a fulmen DeepSpeed checkpoint. Nothing in it is loaded; {_USE_ANOTHER}"
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FulmenCheckpointError(f"{str(path)!r} is not valid JSON ({exc}); it is damaged, {_USE_ANOTHER}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise FulmenCheckpointError(f"{str(path)!r} is not a {MANIFEST_FORMAT} file; {_USE_ANOTHER}")
-    if int(manifest.get("version", 0)) > MANIFEST_VERSION:
-        raise FulmenCheckpointError(
-            f"{str(path)!r} is manifest version {manifest['version']}; upgrade fulmen-strategy-deepspeed to read it"
-        )
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not all(_well_formed(name, entry) for name, entry in files.items()):
-        raise FulmenCheckpointError(f"{str(path)!r} lists files in a form fulmen does not write; {_USE_ANOTHER}")
-    return manifest
-
-
-def _well_formed(name: Any, entry: Any) -> bool:
-    """A relative, normalised path inside the directory with an integer size and a hex digest."""
-    if not isinstance(name, str) or not isinstance(entry, dict):
-        return False
-    pure = PurePosixPath(name)
-    inside = bool(name) and not pure.is_absolute() and ".." not in pure.parts and pure.as_posix() == name
-    digest = entry.get("sha256")
-    return (inside and "\\" not in name and isinstance(entry.get("size"), int)
-            and isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest))
+    return _manifest.read_manifest(directory, MANIFEST_FORMAT, _KIND, _PACKAGE)
 
 
 def verify_checkpoint_directory(directory: PathLike) -> Dict[str, Any]:
@@ -128,39 +40,8 @@ def verify_checkpoint_directory(directory: PathLike) -> Dict[str, Any]:
     returns the manifest. Raises FulmenCheckpointError naming the first offending file."""
     from fulmen_deepspeed import safe_load
 
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FulmenCheckpointError(f"checkpoint {str(directory)!r} is not a directory")
-    manifest = read_manifest(directory)
-    listed: Dict[str, Dict[str, Any]] = manifest["files"]
-    present = dict(_walk(directory))
-    for relative in sorted(set(present) - set(listed)):
-        raise FulmenCheckpointError(
-            f"{str(present[relative])!r} is not listed in the manifest of checkpoint {str(directory)!r}: it was "
-            "added after the save (it might be loaded by DeepSpeed), so the checkpoint is refused. Remove "
-            f"the file if you know where it came from, or {_USE_ANOTHER}"
-        )
-    for relative in sorted(listed):
-        if relative not in present:
-            raise FulmenCheckpointError(
-                f"{str(directory / relative)!r} is missing from checkpoint {str(directory)!r} (its manifest lists "
-                f"it); the checkpoint is incomplete, {_USE_ANOTHER}"
-            )
-    for relative, entry in sorted(listed.items()):
-        path = present[relative]
-        size = path.stat().st_size
-        if size != entry["size"]:
-            how = "truncated" if size < entry["size"] else "appended to"
-            raise FulmenCheckpointError(
-                f"{str(path)!r} is {size} bytes but was saved with {entry['size']}: it was {how} after the save; "
-                f"{_USE_ANOTHER}"
-            )
-        if _sha256(path) != entry["sha256"]:
-            raise FulmenCheckpointError(
-                f"{str(path)!r} is corrupted: its SHA-256 differs from the one recorded when it was saved "
-                f"(flipped bits on disk or in transfer, or a modified file); {_USE_ANOTHER}"
-            )
-    for relative in sorted(listed):
+    manifest = _manifest.verify_directory(directory, MANIFEST_FORMAT, _KIND, _PACKAGE)
+    for relative in sorted(manifest["files"]):
         if relative.endswith(".pt"):
-            safe_load.probe(present[relative])
+            safe_load.probe(Path(directory) / relative)
     return manifest

@@ -11,9 +11,12 @@ throughout the package.
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
+import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Optional
 
 INSTALL_HINT = 'pip install "fulmen-accelerator-xla[xla]" (torch-xla 2.9 needs torch==2.9.0)'
@@ -40,14 +43,25 @@ def unavailable_reason() -> Optional[str]:
     return None
 
 
-def _tpu_chips() -> int:
-    """TPU chips on this host, from torch-xla's PCI probe (reads sysfs, starts nothing)."""
-    try:
-        from torch_xla._internal import tpu
+# Google's PCI vendor id, and the device ids of TPU chips v2 to 7x (as torch-xla 2.9 lists them).
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+_TPU_PCI_DEVICES = {"0x0027", "0x005e", "0x0063", "0x006f", "0x0056", "0x0062", "0x0076"}
 
-        return tpu.num_available_chips()
-    except Exception:  # no TPU module, no sysfs entries: no TPU
-        return 0
+
+def _tpu_chips() -> int:
+    """TPU chips on this host's PCI bus, read from sysfs. Not torch-xla's probe: importing
+    torch_xla sets ``PJRT_DEVICE=CPU`` in this process when it finds no TPU, which would
+    make every later question here answer "an XLA CPU device is configured"."""
+    chips = 0
+    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        try:
+            if Path(vendor).read_text().strip() != _GOOGLE_PCI_VENDOR:
+                continue
+            if (Path(vendor).parent / "device").read_text().strip() in _TPU_PCI_DEVICES:
+                chips += 1
+        except OSError:
+            continue
+    return chips
 
 
 def device_type() -> Optional[str]:
@@ -91,11 +105,8 @@ def local_device_count() -> int:
 
 def is_started() -> bool:
     """Whether this process has already started the PJRT runtime (used an XLA device)."""
-    if unavailable_reason() is not None:
-        return False
-    import torch_xla
-
-    return bool(torch_xla._XLAC._xla_runtime_is_initialized())
+    torch_xla = sys.modules.get("torch_xla")  # not imported: not started (and importing has side effects)
+    return torch_xla is not None and bool(torch_xla._XLAC._xla_runtime_is_initialized())
 
 
 def current_device():

@@ -57,22 +57,54 @@ class XLAAccelerator(Accelerator):
         # Not torch_xla.device(index): that would start the runtime in the launching process.
         return torch.device("xla", index)
 
-    def get_rng_state(self) -> Optional[Any]:
-        """The XLA generator's seed (torch-xla keeps one integer per device)."""
-        if not runtime.is_started():
-            return None
-        import torch_xla.core.xla_model as xm
+    # XLA's generator advances its seed at every graph execution, random or not (an empty
+    # torch_xla.sync() included). A resumed run executes other graphs than the run it
+    # continues (setup, restore), so saving and restoring the seed alone would not give the
+    # same dropout masks. Instead each training batch gets a seed derived from a base seed
+    # and the batch's number, set just before the loop receives it: the masks then depend
+    # only on (base, batches so far), which is what a checkpoint keeps.
+    _seed_base: Optional[int] = None
+    _training_batches: int = 0
 
-        return {"xla_seed": int(xm.get_rng_state())}
-
-    def set_rng_state(self, state: Any) -> None:
-        if isinstance(state, dict) and "xla_seed" in state:
+    def setup_device(self, device: torch.device) -> None:
+        if self._seed_base is None:
             import torch_xla.core.xla_model as xm
 
-            xm.set_rng_state(int(state["xla_seed"]))
+            self._seed_base = int(xm.get_rng_state())  # what the user's seed_everything left
+
+    def reseed_for_training_batch(self) -> None:
+        """Set the device seed for the next training batch (called by the XLA strategies)."""
+        import torch_xla.core.xla_model as xm
+
+        if self._seed_base is None:
+            self._seed_base = int(xm.get_rng_state())
+        xm.set_rng_state(_mix(self._seed_base, self._training_batches))
+        self._training_batches += 1
+
+    def get_rng_state(self) -> Optional[Any]:
+        """The base seed and how many training batches were seeded from it."""
+        if self._seed_base is None:
+            return None
+        return {"xla_seed_base": self._seed_base, "xla_training_batches": self._training_batches}
+
+    def set_rng_state(self, state: Any) -> None:
+        if isinstance(state, dict) and "xla_seed_base" in state:
+            self._seed_base = int(state["xla_seed_base"])
+            self._training_batches = int(state["xla_training_batches"])
 
     def unsupported_precision_reason(self, precision: Any) -> Optional[str]:
         name = getattr(precision, "name", str(precision))
         if name == "64-true" and runtime.device_type() != "TPU":
             return None  # PJRT CPU and GPU compute float64 natively
         return _REFUSED.get(name)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix(base: int, index: int) -> int:
+    """A well-spread 64-bit seed from ``(base, index)`` (splitmix64's finaliser)."""
+    z = (base + (index + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)

@@ -29,6 +29,7 @@ class XLALoopMixin:
     """Mixed into each XLA strategy (before its fulmen base class)."""
 
     input_sharding: Optional[Any] = None
+    _evaluating = False
 
     def _xla_init(self) -> None:
         self.compile_watch = CompileWatch()
@@ -39,7 +40,18 @@ class XLALoopMixin:
 
     def device_batches(self, batches: Iterator[Any]) -> Iterator[Any]:
         """Copy ahead on torch-xla's background loader; the precision still casts each batch."""
-        return loader.device_batches(batches, self.root_device, self.precision.convert_input, self.input_sharding)
+        moved = loader.device_batches(batches, self.root_device, self.precision.convert_input, self.input_sharding)
+        if self._evaluating:
+            return moved
+        return self._reseeded(moved)
+
+    def _reseeded(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """Each training batch is handed on with its own device seed (see the accelerator)."""
+        reseed = getattr(self.accelerator, "reseed_for_training_batch", None)
+        for batch in batches:
+            if reseed is not None:
+                reseed()
+            yield batch
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Optional[Callable[[], Any]] = None,
                        boundary: bool = True) -> Any:
@@ -58,7 +70,7 @@ class XLALoopMixin:
 
     def evaluation_context(self, inference_mode: bool = True) -> ContextManager:
         # XLA tensors made under inference_mode cannot be used by a later training graph.
-        return _counted_apart(self.compile_watch, torch.no_grad())
+        return _counted_apart(self, torch.no_grad())
 
     def save_checkpoint(self, checkpoint: Dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         host = to_host(checkpoint)  # every rank: the copies are collectives' siblings in SPMD
@@ -67,12 +79,28 @@ class XLALoopMixin:
         self.barrier("save_checkpoint")
 
 
+    def load_checkpoint(self, path: Any) -> Dict[str, Any]:
+        """A checkpoint file, or an ``xla_spmd`` directory (read whole, on the host): a model
+        trained sharded resumes on one device or one device per process."""
+        from fulmen_xla import spmd_checkpoint
+
+        if spmd_checkpoint.is_spmd_checkpoint(path):
+            return spmd_checkpoint.load(path, self.checkpoint_io)
+        return self.checkpoint_io.load_checkpoint(path)
+
+
 @contextlib.contextmanager
-def _counted_apart(watch: CompileWatch, inner: ContextManager):
-    """Evaluation compiles its own graphs: those are not recompilations of the step."""
-    with inner:
-        yield
+def _counted_apart(strategy: XLALoopMixin, inner: ContextManager):
+    """Evaluation compiles its own graphs (not recompilations of the step), and its batches
+    take no training seed."""
+    strategy._evaluating = True
+    try:
+        with inner:
+            yield
+    finally:
+        strategy._evaluating = False
     runtime.sync()
+    watch = strategy.compile_watch
     if watch.baseline is not None:
         from fulmen_xla.compile_watch import compile_count
 

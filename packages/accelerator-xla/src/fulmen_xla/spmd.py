@@ -118,7 +118,7 @@ class XLASPMDStrategy(XLALoopMixin, Strategy):
     def load_checkpoint(self, path: Any) -> Dict[str, Any]:
         """A directory written by this strategy, loaded shard by shard into the live
         parameters; or a single-file checkpoint (from another strategy, the CPU)."""
-        if not Path(path).is_dir():
+        if not spmd_checkpoint.is_spmd_checkpoint(path):
             return super().load_checkpoint(path)
         live = {}
         if self._module is not None:

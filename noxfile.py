@@ -134,3 +134,18 @@ def deepspeed(session: nox.Session) -> None:
     extensions = os.path.join(getattr(session, "cache_dir", os.path.expanduser("~/.cache")), "torch_extensions")
     session.run("python", "-m", "pytest", "tests/deepspeed", *session.posargs,
                 env={"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", extensions)})
+
+
+@nox.session
+def xla(session: nox.Session) -> None:
+    """torch-xla for real on its PJRT CPU device (``tests/xla``), and the core's own suite
+    on the oldest torch fulmen supports (``tests/core``): torch-xla 2.9 is built for
+    torch 2.9.0 exactly, so this session installs that pair (torch 2.9.0 from the index is
+    a CUDA build: a ~4 GB download, used here on the CPU). The default ``tests`` session
+    (torch 2.13) skips tests/xla, saying why."""
+    session.install(*_find_links(), "torch==2.9.0", "torch-xla==2.9.0")
+    session.install(*_find_links(), *TEST_DEPS)
+    install_fulmen(session)
+    session.run("python", "-c", "import torch, torch_xla; print('torch', torch.__version__, 'torch-xla', torch_xla.__version__)")
+    session.run("python", "-m", "pytest", "tests/xla", "tests/core", *session.posargs,
+                env={"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})

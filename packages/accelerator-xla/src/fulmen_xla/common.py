@@ -8,6 +8,7 @@ from typing import Any, Callable, ContextManager, Dict, Iterator, Optional
 
 import torch
 
+from fulmen.strategies.parameter_moves import repoint_optimizer, replaced_parameters
 from fulmen.utilities.apply import apply_to_tensors
 
 from fulmen_xla import loader, runtime
@@ -37,6 +38,20 @@ class XLALoopMixin:
     @property
     def root_device(self) -> torch.device:
         return runtime.current_device()
+
+    def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Place the module (the strategy's ``_place_module``), remembering the parameter
+        objects ``module.to("xla")`` replaced, so that an optimizer built on the CPU module
+        and set up afterwards (``fabric.setup_optimizers``) steps the new ones."""
+        before = list(module.parameters())
+        place = getattr(self, "_place_module", None)
+        placed = place(module) if place is not None else super().setup_module(module)
+        self._replaced_parameters = replaced_parameters(before, module)
+        return placed
+
+    def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        repoint_optimizer(optimizer, getattr(self, "_replaced_parameters", {}))
+        return optimizer
 
     def device_batches(self, batches: Iterator[Any]) -> Iterator[Any]:
         """Copy ahead on torch-xla's background loader; the precision still casts each batch."""

@@ -117,7 +117,7 @@ class XLAStrategy(XLALoopMixin, DDPStrategy):
         self._environment_ready = True
 
     # ------------------------------------------------------------------ model
-    def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
+    def _place_module(self, module: torch.nn.Module) -> torch.nn.Module:
         """Move the module; no wrapper: gradients are reduced at the step, not in hooks."""
         module = self.precision.convert_module(module)
         return module.to(self.root_device)

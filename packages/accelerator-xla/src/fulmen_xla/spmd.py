@@ -94,7 +94,7 @@ class XLASPMDStrategy(XLALoopMixin, Strategy):
         self.precision.setup(self.root_device)
 
     # ------------------------------------------------------------------ model
-    def setup_module(self, module: nn.Module) -> nn.Module:
+    def _place_module(self, module: nn.Module) -> nn.Module:
         """Cast for precision, shard the parameters over ``fsdp`` (FSDPv2)."""
         module = self.precision.convert_module(module).to(self.root_device)
         self._module = module

@@ -38,6 +38,7 @@ from fulmen.accelerators.base import Accelerator
 from fulmen.environments.base import ClusterEnvironment
 from fulmen.io.checkpoint_io import CheckpointIO, TorchCheckpointIO
 from fulmen.precision.base import Precision
+from fulmen.strategies.parameter_moves import repoint_optimizer, replaced_parameters
 from fulmen.utilities.apply import move_data_to_device
 
 
@@ -147,8 +148,12 @@ class Strategy:
         on the plain module. Returns ``(module to call forward on, optimizers, schedulers)``;
         the optimizers returned are what the loop steps.
         """
+        before = list(module.parameters())
         wrapped = self.setup_module(module)
+        replaced = replaced_parameters(before, module)
         optimizers, schedulers = configure_optimizers()
+        for optimizer in optimizers:  # built before the move (Fabric), on parameters it replaced
+            repoint_optimizer(optimizer, replaced)
         return wrapped, [self.setup_optimizer(opt) for opt in optimizers], list(schedulers)
 
     def batch_to_device(self, batch: Any) -> Any:

@@ -65,6 +65,44 @@ class Regression(fulmen.Module):
         return torch.optim.AdamW(self.parameters(), lr=0.02)
 
 
+def blobs(n: int, seed: int) -> TensorDataset:
+    """Four Gaussian clusters in 16 dimensions, overlapping enough that accuracy is not 1."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(4, 16, generator=torch.Generator().manual_seed(99)) * 1.2
+    labels = torch.randint(0, 4, (n,), generator=generator)
+    return TensorDataset(centres[labels] + torch.randn(n, 16, generator=generator), labels)
+
+
+class Classifier(fulmen.Module):
+    """A real classification task; keeps every step's loss on the device, read once at the end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+        self.step_losses = []
+        self.seen_dtypes = set()
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.seen_dtypes.add(str(logits.dtype))
+        loss = nn.functional.cross_entropy(logits.float(), y)
+        self.step_losses.append(loss.detach())
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        accuracy = (self(x).argmax(dim=1) == y).float().mean()
+        self.log("val_acc", accuracy)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -84,12 +122,16 @@ def main() -> None:
     parser.add_argument("--read-every-step", action="store_true")
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--no-shuffle", action="store_true")
+    parser.add_argument("--task", choices=["regression", "classification"], default="regression")
     parser.add_argument("--no-validation", action="store_true")
     args = parser.parse_args()
 
     fulmen.seed_everything(7)
-    module = Regression(varying_shapes=args.varying_shapes, read_every_step=args.read_every_step,
-                        dropout=args.dropout)
+    if args.task == "classification":
+        module = Classifier()
+    else:
+        module = Regression(varying_shapes=args.varying_shapes, read_every_step=args.read_every_step,
+                            dropout=args.dropout)
     strategy = args.strategy
     extra = json.loads(args.strategy_kwargs)
     if extra:
@@ -103,8 +145,9 @@ def main() -> None:
         enable_model_summary=False, log_every_n_steps=args.log_every, num_sanity_val_steps=0,
         enable_checkpointing=not args.no_checkpointing, callbacks=[TransferCounter(args.out)],
     )
-    train = DataLoader(data(), batch_size=args.batch_size, shuffle=not args.no_shuffle)
-    val = None if args.no_validation else DataLoader(data(32, seed=1), batch_size=args.batch_size)
+    train_set, val_set = (blobs(512, 0), blobs(256, 1)) if args.task == "classification" else (data(), data(32, seed=1))
+    train = DataLoader(train_set, batch_size=args.batch_size, shuffle=not args.no_shuffle)
+    val = None if args.no_validation else DataLoader(val_set, batch_size=args.batch_size)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         transfers_before = _transfers()
@@ -125,6 +168,7 @@ def main() -> None:
         "param_dtype": str(next(module.parameters()).dtype),
         "seen_dtypes": sorted(module.seen_dtypes),
         "global_step": trainer.global_step,
+        "step_losses": torch.stack(module.step_losses).float().cpu().tolist() if getattr(module, "step_losses", None) else [],
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "recompilations": strategy.compile_watch.recompilations if hasattr(strategy, "compile_watch") else None,
         "recompilation_warnings": [str(w.message) for w in caught if type(w.category).__name__ != "" and

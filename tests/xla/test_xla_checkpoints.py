@@ -22,11 +22,14 @@ def _checkpoints(root: Path):
     return sorted(p for p in root.rglob("*.ckpt") if p.parent.name == "checkpoints")
 
 
-def test_single_device_checkpoint_is_a_host_file_and_resume_is_exact(tmp_path):
-    [full] = run(tmp_path, "full", "--strategy", "single_xla", "--epochs", "4", "--root", str(tmp_path / "a"))
-    run(tmp_path, "first", "--strategy", "single_xla", "--epochs", "2", "--root", str(tmp_path / "b"))
-    [resumed] = run(tmp_path, "resumed", "--strategy", "single_xla", "--epochs", "4", "--root", str(tmp_path / "b"),
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_single_device_checkpoint_is_a_host_file_and_resume_is_exact(tmp_path, precision):
+    common = ("--strategy", "single_xla", "--precision", precision)
+    [full] = run(tmp_path, "full", *common, "--epochs", "4", "--root", str(tmp_path / "a"))
+    run(tmp_path, "first", *common, "--epochs", "2", "--root", str(tmp_path / "b"))
+    [resumed] = run(tmp_path, "resumed", *common, "--epochs", "4", "--root", str(tmp_path / "b"),
                     "--resume", "last")
+    assert resumed["seen_dtypes"] == (["torch.bfloat16"] if precision == "bf16-mixed" else ["torch.float32"])
     assert resumed["global_step"] == full["global_step"] == 32
     # Dropout (XLA's generator), AdamW's moments, the shuffled order: all continue exactly.
     assert max_difference(resumed["params"], full["params"]) == 0.0

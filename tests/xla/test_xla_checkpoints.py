@@ -11,11 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
 from fulmen.errors import FulmenCheckpointError
 
-from xla_helpers import PYTHON, max_difference, run, run_script, results, xla_env
+from xla_helpers import PYTHON, max_difference, run
 
 
 def _checkpoints(root: Path):

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
-from xla_helpers import PYTHON, xla_env
+from xla_helpers import PYTHON
 
 
 def _python(code: str, **env: str) -> str:

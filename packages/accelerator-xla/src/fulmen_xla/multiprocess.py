@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -202,6 +202,3 @@ class XLAStrategy(XLALoopMixin, DDPStrategy):
         import torch_xla.core.xla_model as xm
 
         xm.rendezvous(name or "fulmen.barrier")
-
-    def module_state_dict(self, module: torch.nn.Module) -> Dict[str, Any]:
-        return module.state_dict()

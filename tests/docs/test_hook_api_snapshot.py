@@ -29,6 +29,7 @@ SNAPSHOT = {
     "register_callbacks": (["register"], "0.1.0"),
     "register_environments": (["register"], "0.1.0"),
     "register_checkpoint_io": (["register"], "0.1.0"),
+    "register_profilers": (["register"], "Unreleased"),
     "register_cli_commands": (["register"], "0.1.0"),
     "setup": (LIFECYCLE + ["stage"], "0.1.0"),
     "teardown": (LIFECYCLE + ["stage"], "0.1.0"),

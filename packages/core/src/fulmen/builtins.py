@@ -1,5 +1,5 @@
-"""The core's own accelerators, strategies, precisions, environments, callbacks, logger and
-checkpoint IO, registered through the same hooks an outside plugin uses.
+"""The core's own accelerators, strategies, precisions, environments, callbacks, logger,
+checkpoint IO and profilers, registered through the same hooks an outside plugin uses.
 
 If something here needed a private door into the core, outside plugins could not do the
 same; keeping the built-ins on the public hooks is how we know the plugin API is enough.
@@ -87,3 +87,10 @@ def register_callbacks(register):
     register("model_summary", _lazy("fulmen.callbacks.model_summary:ModelSummary"), "print a table of submodules and parameter counts")
     register("timer", _lazy("fulmen.callbacks.timer:Timer"), "track time and stop after a duration")
     register("on_exception_checkpoint", _lazy("fulmen.callbacks.on_exception_checkpoint:OnExceptionCheckpoint"), "save a checkpoint when training raises")
+
+
+@hookimpl
+def register_profilers(register):
+    register("simple", _lazy("fulmen.profilers.simple:SimpleProfiler"), "wall-clock time per action: mean, calls, total, share of the run")
+    register("advanced", _lazy("fulmen.profilers.advanced:AdvancedProfiler"), "cProfile per action, reported with pstats")
+    register("pytorch", _lazy("fulmen.profilers.pytorch:PyTorchProfiler"), "torch.profiler: operator key averages and a chrome trace")

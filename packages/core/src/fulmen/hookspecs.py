@@ -101,6 +101,13 @@ def register_checkpoint_io(register):
     """Add checkpoint IO (``CheckpointIO`` subclasses); ``Trainer(plugins=[name])``."""
 
 
+@hookspec
+def register_profilers(register):
+    """Add profilers (``fulmen.profilers.Profiler`` subclasses); ``Trainer(profiler=name)``.
+    The Trainer calls ``factory()`` with no arguments; users who need settings pass an
+    instance instead."""
+
+
 # --------------------------------------------------------------------------- command line
 
 

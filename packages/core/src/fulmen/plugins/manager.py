@@ -27,6 +27,7 @@ _REGISTRATION_KIND = {
     "register_callbacks": "callback",
     "register_environments": "environment",
     "register_checkpoint_io": "checkpoint_io",
+    "register_profilers": "profiler",
 }
 assert set(_REGISTRATION_KIND) == set(hookspecs.REGISTRATION_HOOKS)
 assert set(_REGISTRATION_KIND.values()) == set(KINDS)

@@ -21,6 +21,7 @@ KINDS = (
     "callback",
     "environment",
     "checkpoint_io",
+    "profiler",
 )
 
 # Spellings Lightning users type for a precision, mapped to the registered names. Kept here,
@@ -64,6 +65,7 @@ OFFICIAL_PROVIDERS: Dict[str, Dict[str, str]] = {
     "callback": {},
     "environment": {},
     "checkpoint_io": {},
+    "profiler": {},
 }
 
 

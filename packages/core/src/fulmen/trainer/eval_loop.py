@@ -33,6 +33,9 @@ def run_evaluation(trainer, stage: str, loaders: List[Any], limits: List[float])
     dispatch = trainer._step if getattr(trainer, "_dispatcher", None) is not None else None
     pass_idx = len(loaders) > 1 and takes_dataloader_idx(step)
     metrics = trainer._metrics
+    profiling = getattr(trainer, "_profiling", None)
+    if profiling is not None:  # decided once per evaluation: no profiler, no cost per batch
+        loaders = profiling.eval_loaders(stage, loaders)
     was_training = module.training
     module.eval()
     metrics.stage = stage

@@ -331,7 +331,8 @@ def run_fit(trainer) -> None:
             if not (resumed and progress.epoch_complete):  # batches remain in this epoch
                 trainer._set_epoch_on_samplers()
                 trainer._call("on_train_epoch_start")
-            run_training_epoch(trainer, resumed)
+            with trainer.profiler.profile("run_training_epoch"):  # once per epoch, not per step
+                run_training_epoch(trainer, resumed)
             if progress.batch_idx == 0 and trainer.num_training_batches > 0:
                 break  # max_steps/stop reached before any batch; do not count an empty epoch
             metrics.stage, metrics.phase = "train", "train_epoch_end"

@@ -6,7 +6,7 @@ so a hook nobody implements costs one dict miss in the training step.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, FrozenSet, List, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from pluggy import HookCallError
 
@@ -24,6 +24,8 @@ class HookRelay:
         self._argnames: Dict[str, FrozenSet[str]] = {}
         # pluggy's call path, unless someone turned on tracing/monitoring (which replaces it).
         self._plain_hookexec = getattr(manager, "_fulmen_untraced_hookexec", getattr(manager, "_inner_hookexec", None))
+        # wrap(hook, impl or None, function) -> function, while a profiler runs (see instrument)
+        self._wrap: Optional[Callable[[str, Any, Callable[..., Any]], Callable[..., Any]]] = None
         self._refresh()
 
     def attach(self, module: Any, datamodule: Any, callbacks: Sequence[Any]) -> None:
@@ -73,8 +75,26 @@ class HookRelay:
                 # registered first, each with the arguments it names) without its machinery,
                 # which costs a few µs per hook and step. Wrappers keep pluggy's own path.
                 self._direct[name] = tuple((impl.function, tuple(impl.argnames)) for impl in reversed(impls))
+            if self._wrap is not None:
+                self._instrument_hook(name, caller)
         # Hooks someone implements; the Trainer tests this before building a call's arguments.
         self.implemented = frozenset(self._callers)
+
+    def instrument(self, wrap: Optional[Callable[[str, Any, Callable[..., Any]], Callable[..., Any]]]) -> None:
+        """Route every hook call through ``wrap(hook, impl, function)`` (a profiler's timing);
+        ``None`` restores the plain callers. Applied when the callers are looked up, so a run
+        without a profiler calls exactly what it would have called without this method."""
+        self._wrap = wrap
+        self._refresh()
+
+    def _instrument_hook(self, name: str, caller: Any) -> None:
+        wrap = self._wrap
+        direct = self._direct.get(name)
+        if direct is not None:  # each implementation on its own: [Callback]X.hook
+            impls = tuple(reversed(caller.get_hookimpls()))
+            self._direct[name] = tuple((wrap(name, impl, function), argnames) for impl, (function, argnames) in zip(impls, direct))
+        # pluggy's own path (wrappers, tracing) times the hook as one call.
+        self._callers[name] = wrap(name, None, caller)
 
     def has(self, name: str) -> bool:
         return name in self._callers

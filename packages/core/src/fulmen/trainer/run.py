@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from fulmen.errors import FulmenConfigError
 from fulmen.trainer import checkpoint as ckpt
-from fulmen.trainer import preemption
+from fulmen.trainer import preemption, profiling
 from fulmen.trainer.preemption import Preempted
 from fulmen.trainer.stages import STAGES
 
@@ -54,6 +54,7 @@ def run_stage(trainer, stage: str, model, datamodule, body: Callable[[], Any]) -
             trainer._resume_checkpoint, trainer._resume_path = ckpt.load_first_good(trainer, trainer._resume_from)
             if trainer._resume_checkpoint is not None:
                 ckpt.restore_before_setup(trainer, trainer._resume_checkpoint)
+        profiling.start(trainer, stage)  # after the loggers' versions are back: it reads log_dir
         trainer._call("setup", stage=stage)
         model.setup(stage=stage)
         result = body()
@@ -82,7 +83,10 @@ def run_stage(trainer, stage: str, model, datamodule, body: Callable[[], Any]) -
                 # sets the environment up again and wraps the module anew.
                 trainer._strategy_torn_down = True
                 trainer._module_setup_for = None
-                trainer.strategy.teardown()
+                try:
+                    trainer.strategy.teardown()
+                finally:
+                    profiling.finish(trainer)  # the plain code path back, then the report
     trainer.state = "finished"
     if stage == "fit":
         trainer._finalize_loggers("success")

@@ -24,6 +24,7 @@ from fulmen.trainer.eval_loop import run_evaluation
 from fulmen.trainer.hook_relay import HookRelay
 from fulmen.trainer.metrics import MetricStore
 from fulmen.trainer.optim import parse_optimizers
+from fulmen.trainer.profiling import resolve_profiler
 from fulmen.trainer import preemption, spawn
 from fulmen.trainer.run import run_stage
 from fulmen.trainer.stages import STAGES
@@ -72,6 +73,7 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
         default_root_dir: where logs and checkpoints go when nothing else says.
         plugins: precision, checkpoint IO or cluster environment objects, hook-implementing objects, or plugin names.
         allow_plugins, deny_plugins: which discovered plugins this Trainer loads.
+        profiler: ``"simple"``, ``"advanced"``, ``"pytorch"``, a plugin's name or a ``fulmen.profilers.Profiler``; ``None``: no profiling, at no cost per step.
     """
 
     def __init__(
@@ -113,6 +115,7 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
         plugins: Optional[Sequence[Any]] = None,
         allow_plugins: Optional[Sequence[str]] = None,
         deny_plugins: Optional[Sequence[str]] = None,
+        profiler: Any = None,
     ) -> None:
         self.fabric = Fabric(
             accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes,
@@ -174,6 +177,8 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
             self, callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary, max_time,
         )
         self._relay = HookRelay(self.fabric.plugin_manager)
+        self.profiler = resolve_profiler(profiler, self.fabric.registry)  # self.trainer.profiler.profile("x") in user code
+        self._profiling = None  # the stage's instrumentation while a profiler runs (fulmen.trainer.profiling)
         self._metrics = MetricStore(self.strategy.all_reduce, lambda: self.strategy.root_device)
         self._progress = ckpt.Progress()
         self.module = None

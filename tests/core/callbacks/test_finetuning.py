@@ -166,10 +166,11 @@ def test_flatten_modules_and_filter_params():
     assert net[0].weight.requires_grad and not net[1][1].weight.requires_grad
 
 
-@pytest.mark.parametrize("every_n_train_steps", [8, 6])  # epoch boundary / inside epoch 1
+@pytest.mark.parametrize("every_n_train_steps", [8, 10])  # end of epoch 1 / inside epoch 2
 def test_exact_resume(tmp_path, every_n_train_steps):
     """4 epochs straight vs. resumed from the checkpoint after step 8 (end of epoch 1, the
-    unfreeze epoch) or step 6 (mid epoch 1): same parameters, groups and learning rates."""
+    unfreeze epoch) or step 10 (mid epoch 2, whose lr doubling must not run twice): same
+    parameters, groups and learning rates."""
     def callbacks():
         return [BackboneFinetuning(unfreeze_backbone_at_epoch=1), ModelCheckpoint(
             dirpath=tmp_path / "ckpts", filename="{step}", every_n_train_steps=every_n_train_steps, save_top_k=-1)]

@@ -139,6 +139,13 @@ class TrainerProperties:
         return fit_loop.estimated_stepping_batches(self)
 
     @property
+    def train_dataloader(self):
+        """The training dataloader of the current or last fit, as given (batches not yet on the
+        device: ``strategy.batch_to_device`` moves them); None before any fit. Lightning's name."""
+        loader = self._train_loader
+        return getattr(loader, "dataloader", loader)
+
+    @property
     def fit_progress(self):
         """Where fit is: a ``fulmen.trainer.checkpoint.Progress`` record (epoch, global step,
         batches of this epoch consumed, batches across epochs). Read it; do not change it."""

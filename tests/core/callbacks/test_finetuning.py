@@ -186,3 +186,14 @@ def test_exact_resume(tmp_path, every_n_train_steps):
     assert [g["lr"] for g in a_groups] == [g["lr"] for g in b_groups]
     assert len(a_groups) == 2
     assert all(p.requires_grad for p in resumed.parameters())
+
+
+def test_registered_by_name(tmp_path):
+    from fulmen.callbacks import GradientAccumulationScheduler, StochasticWeightAveraging
+
+    trainer = quiet_trainer(tmp_path, callbacks=["backbone_finetuning"], logger=False)
+    assert any(type(cb) is BackboneFinetuning for cb in trainer.callbacks)
+    registry = trainer.fabric.registry
+    assert {"backbone_finetuning", "stochastic_weight_averaging", "gradient_accumulation_scheduler"} <= set(registry.names("callback"))
+    assert type(registry.create("callback", "stochastic_weight_averaging", swa_lrs=0.1)) is StochasticWeightAveraging
+    assert type(registry.create("callback", "gradient_accumulation_scheduler", scheduling={0: 2})) is GradientAccumulationScheduler

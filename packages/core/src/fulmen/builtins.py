@@ -87,6 +87,9 @@ def register_callbacks(register):
     register("model_summary", _lazy("fulmen.callbacks.model_summary:ModelSummary"), "print a table of submodules and parameter counts")
     register("timer", _lazy("fulmen.callbacks.timer:Timer"), "track time and stop after a duration")
     register("on_exception_checkpoint", _lazy("fulmen.callbacks.on_exception_checkpoint:OnExceptionCheckpoint"), "save a checkpoint when training raises")
+    register("backbone_finetuning", _lazy("fulmen.callbacks.finetuning:BackboneFinetuning"), "train module.backbone frozen, then unfrozen into its own param group")
+    register("stochastic_weight_averaging", _lazy("fulmen.callbacks.swa:StochasticWeightAveraging"), "average the weights of the last epochs (SWA)")
+    register("gradient_accumulation_scheduler", _lazy("fulmen.callbacks.accumulation_scheduler:GradientAccumulationScheduler"), "change accumulate_grad_batches by epoch")
 
 
 @hookimpl

@@ -29,6 +29,7 @@ PUBLIC_MODULES = [
     "fulmen.environments",
     "fulmen.loggers",
     "fulmen.io",
+    "fulmen.profilers",
     "fulmen.testing",
     "fulmen_fsdp",
     "fulmen_loggers",

@@ -25,7 +25,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 _SUBPACKAGES = frozenset(
-    {"accelerators", "callbacks", "environments", "errors", "io", "loggers", "plugins", "precision", "strategies", "utilities", "dataloading", "hookspecs"}
+    {"accelerators", "callbacks", "environments", "errors", "io", "loggers", "plugins", "precision", "profilers", "strategies", "utilities", "dataloading", "hookspecs"}
 )
 
 

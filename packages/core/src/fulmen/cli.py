@@ -1,4 +1,4 @@
-"""``fulmen`` command line: ``fulmen plugins [--json]``, plus the subcommands plugins add
+"""``fulmen`` command line: ``fulmen plugins [--json]``, ``fulmen migrate PATH...``, plus the subcommands plugins add
 through the ``register_cli_commands`` hook (for example ``fulmen loggers replay DIR``)."""
 
 from __future__ import annotations
@@ -132,6 +132,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                          help="validate the installed plugins against the configuration (fulmen.toml, "
                               "[tool.fulmen], FULMEN_* variables); exit 1 on problems")
     plugins.set_defaults(func=cmd_plugins)
+    from fulmen.migrate import command as migrate_command  # light: libcst loads only when it runs
+
+    migrate_command.configure(sub.add_parser(
+        "migrate", help="rewrite Lightning imports and names to fulmen's (--diff to preview)",
+        description="Rewrite a Lightning program's imports and names to fulmen's, in place; "
+                    "report the names that need a human."))
     _add_plugin_commands(sub)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -1,0 +1,3 @@
+import pytest
+
+pytest.importorskip("libcst", reason='fulmen migrate needs libcst (pip install "fulmen[migrate]")')

@@ -109,7 +109,7 @@ def run(args) -> int:
             if args.diff:
                 sys.stdout.writelines(difflib.unified_diff(
                     source.splitlines(keepends=True), result.code.splitlines(keepends=True),
-                    fromfile=f"a/{path}", tofile=f"b/{path}"))
+                    fromfile=str(path), tofile=f"{path} (migrated)"))
             if write:
                 _write(path, result.code, encoding)
                 findings = result.findings_after()

@@ -44,6 +44,7 @@ _NAMED = re.compile(r"(?<![A-Za-z0-9])(" + "|".join(map(re.escape, BACKENDS)) + 
 HINT_TABLES: Set[Tuple[str, str]] = {
     ("plugins/registry.py", "OFFICIAL_PROVIDERS"),
     ("plugins/registry.py", "OFFICIAL_PLUGINS"),
+    ("migrate/names.py", "OFFICIAL_TARGETS"),  # fulmen migrate: where Lightning's backend classes went
 }
 
 

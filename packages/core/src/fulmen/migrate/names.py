@@ -200,13 +200,19 @@ _none("lightning.pytorch.loggers", ["CometLogger", "NeptuneLogger"],
       "fulmen_loggers.TensorBoardLogger, MLflowLogger or WandbLogger")
 
 # -- strategies, accelerators, precision, environments, checkpoint IO -------------------
-_XLA = ("fulmen-accelerator-xla selects XLA by name: pass accelerator='xla' and strategy='xla', "
-        "'single_xla' or 'xla_spmd' instead of the class")
+# The only strings here that name a backend: where the official packages keep Lightning's
+# backend classes, in one table as registry.OFFICIAL_PROVIDERS (tests/core/test_no_backend_names.py).
+OFFICIAL_TARGETS: Dict[str, str] = {
+    "deepspeed_module": "fulmen_deepspeed",
+    "xla_advice": "fulmen-accelerator-xla selects XLA by name: pass accelerator='xla' and strategy='xla', "
+                  "'single_xla' or 'xla_spmd' instead of the class",
+}
+_DEEPSPEED_MODULE, _XLA = OFFICIAL_TARGETS.values()
 for _strategies in _both(".strategies"):
     _same(_strategies, "fulmen.strategies", ["Strategy", "SingleDeviceStrategy", "DDPStrategy"])
     _renamed(_strategies, {
         "FSDPStrategy": ("fulmen_fsdp", "FSDPStrategy"),
-        "DeepSpeedStrategy": ("fulmen_deepspeed", "DeepSpeedStrategy"),
+        "DeepSpeedStrategy": (_DEEPSPEED_MODULE, "DeepSpeedStrategy"),
     })
     _none(_strategies, ["XLAStrategy", "SingleDeviceXLAStrategy"], _XLA)
     _none(_strategies, ["ParallelStrategy"], "subclass fulmen.strategies.DDPStrategy (the base of "

@@ -10,7 +10,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 
 LIGHTNING_PROGRAM = '''\
 """A Lightning 2.x program: Module, Trainer, ModelCheckpoint and seed_everything."""

@@ -59,6 +59,8 @@ def tests(session: nox.Session) -> None:
     session.install(*_find_links(), *TEST_DEPS)
     install_fulmen(session)
     session.install(*_find_links(), "libcst>=1.1")  # fulmen[migrate], for tests/core/migrate
+    # Optional for users; installed here so self.log(name, Metric) is tested (tests/core/trainer).
+    session.install(*_find_links(), "torchmetrics>=1.3")
     session.run("python", "-m", "pytest", "tests", *session.posargs)
 
 

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from fulmen.errors import FulmenCheckpointError, FulmenConfigError, FulmenWarning
+from fulmen.trainer import metric_objects
 from fulmen.utilities import rng
 from fulmen.module import HPARAMS_KEY
 
@@ -93,7 +94,11 @@ def dump_checkpoint(trainer, weights_only: bool = False) -> Dict[str, Any]:
         progress["validating"] = bool(trainer.validating)
         progress["should_stop"] = bool(trainer.should_stop)  # e.g. EarlyStopping just decided
         checkpoint["loops"] = {"fit": progress}
-        checkpoint["metrics"] = trainer._metrics.state_dict()
+        checkpoint["metrics"] = trainer._metrics.state_dict(module)
+        # torchmetrics states are not in the module's state_dict (persistent=False).
+        metric_states = metric_objects.capture_states(module, trainer.strategy)
+        if metric_states is not None:
+            checkpoint["metric_states"] = metric_states
         checkpoint["optimizer_states"] = [
             trainer.strategy.optimizer_state_dict(opt.optimizer) for opt in trainer.optimizers
         ]
@@ -178,7 +183,9 @@ def restore(trainer, checkpoint: Dict[str, Any], path: Any, fitting: bool) -> No
     trainer._progress.load_state_dict(checkpoint["loops"]["fit"])
     trainer.should_stop = bool(checkpoint["loops"]["fit"].get("should_stop", False))
     if "metrics" in checkpoint:
-        trainer._metrics.load_state_dict(checkpoint["metrics"])
+        trainer._metrics.load_state_dict(checkpoint["metrics"], trainer.module)
+    if "metric_states" in checkpoint:
+        metric_objects.restore_states(trainer.module, checkpoint["metric_states"], trainer.global_rank)
     # Random streams come back right before the next training batch is drawn (see fit_loop),
     # after the sanity check and iterator creation that would otherwise consume them.
     trainer._pending_rng = rng.for_rank(checkpoint.get("rng"), trainer.global_rank)

@@ -82,6 +82,7 @@ def run_evaluation(trainer, stage: str, loaders: List[Any], limits: List[float])
             if stage in ("validate", "test"):
                 trainer._log_to_loggers(logged)
             trainer._call(f"on_{prefix}_end")
+            metrics.finish_epoch(stage)  # torchmetrics Metrics start the next run empty
     finally:
         trainer._evaluating = False
         metrics.multiple_dataloaders = False

@@ -340,6 +340,7 @@ def run_fit(trainer) -> None:
             progress.phase = "epoch_end"
             trainer._call("on_train_epoch_end")
         trainer._log_to_loggers(metrics.reduce_epoch("train"))
+        metrics.finish_epoch("train")  # torchmetrics Metrics start the next epoch empty
         step_schedulers(trainer, "epoch", plateau=True)
         progress.phase = ""
         for logger in trainer.loggers:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from fulmen.errors import FulmenConfigError, FulmenUserCodeError
+from fulmen.trainer import metric_objects
 from fulmen.utilities.apply import first_batch_size
 from fulmen.utilities.scalars import detached_scalar
 
@@ -47,6 +48,11 @@ class _Metric:
     sync_dist: bool
     total: Any = None  # weighted sum (mean/sum) or running max/min
     weight: float = 0.0
+    # A torchmetrics Metric logged as the value: it accumulates itself, the store computes
+    # and resets it. ``source`` is None after a resume until the next log call hands it over
+    # (when it is not an attribute of the module the checkpoint could find it by).
+    holds_object: bool = False
+    source: Any = None
 
 
 class MetricStore:
@@ -86,6 +92,9 @@ class MetricStore:
         metric = self._metrics.get(name)
         if metric is None or metric.stage != self.stage:
             metric = self._new_metric(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist)
+        if metric.holds_object:
+            self._log_metric_object(name, metric, value)
+            return
         value = self._as_tensor(name, value)
         if metric.sync_dist:
             value = self._all_reduce(value, metric.reduce if metric.reduce != "mean" else "mean")
@@ -111,6 +120,9 @@ class MetricStore:
             reduce=reduce_name(reduce_fx),
             sync_dist=bool(sync_dist),
         )
+        if not isinstance(value, torch.Tensor) and metric_objects.is_metric(value):
+            # torchmetrics syncs its states across ranks in compute(): sync_dist has no job.
+            metric.holds_object, metric.sync_dist = True, False
         if metric.on_step and self.phase not in STEP_PHASES:
             # Outside the training batch there is no step to attach the value to.
             metric.on_step = False
@@ -133,11 +145,41 @@ class MetricStore:
                     return torch.tensor(float(value), dtype=torch.float32)
             except ImportError:
                 pass
+            metric_objects.check_loggable(name, value)
+            if metric_objects.is_metric(value):
+                raise FulmenUserCodeError(
+                    f"self.log({name!r}) got a torchmetrics Metric, but this epoch the name was "
+                    "first logged with a number; log one kind of value under a name"
+                )
             raise FulmenUserCodeError(
                 f"self.log({name!r}) got a {type(value).__name__}; log a number or a scalar tensor"
             )
         # float32 explicitly: inside a bf16-true step the default dtype is bfloat16.
         return torch.tensor(float(value), dtype=torch.float32)
+
+    def _log_metric_object(self, name: str, metric: _Metric, value: Any) -> None:
+        """The Metric accumulates itself; a step value is what its last forward returned."""
+        if value is not metric.source:
+            if not metric_objects.is_metric(value):
+                raise FulmenUserCodeError(
+                    f"self.log({name!r}) got a {type(value).__name__}, but this epoch the name was "
+                    "first logged with a torchmetrics Metric; log one kind of value under a name"
+                )
+            if metric.source is not None:
+                raise FulmenUserCodeError(
+                    f"self.log({name!r}) got two different torchmetrics Metric objects in one epoch; "
+                    "log each Metric under its own name"
+                )
+            metric.source = value  # the first log after a resume
+        if metric.on_step:
+            step = metric_objects.step_value(value)
+            if step is None:
+                return  # only update() ran this step: no batch value (as Lightning)
+            step = detached_scalar(step, f"self.log({name!r})")
+            self.step_values[name] = step
+            self.callback_metrics[name] = step
+            if metric.on_epoch:
+                self.callback_metrics[name + "_step"] = step
 
     @staticmethod
     def _accumulate(metric: _Metric, value: torch.Tensor, size: float) -> None:
@@ -209,7 +251,14 @@ class MetricStore:
         """Epoch values of ``stage``; fills callback metrics and returns the logger's floats."""
         names, tensors = [], []
         for name, metric in self._metrics.items():
-            if metric.stage != stage or not metric.on_epoch or metric.total is None:
+            if metric.stage != stage or not metric.on_epoch:
+                continue
+            if metric.holds_object:
+                if metric.source is not None:
+                    names.append(name)
+                    tensors.append(_computed(name, metric.source))
+                continue
+            if metric.total is None:
                 continue
             total, weight = metric.total, metric.weight
             if metric.sync_dist:
@@ -237,13 +286,22 @@ class MetricStore:
         self.logged_metrics.update(logged)
         return logged
 
+    def finish_epoch(self, stage: str) -> None:
+        """Reset the torchmetrics Metrics logged in ``stage`` once its epoch values are out
+        (Lightning resets them at the end of the epoch)."""
+        for metric in self._metrics.values():
+            if metric.stage == stage and metric.source is not None:
+                metric.source.reset()
+
     def reset_stage(self, stage: str) -> None:
         """Forget accumulated values (and definitions) of ``stage`` at the start of an epoch."""
+        self.finish_epoch(stage)  # an epoch that ended early (an exception) left states behind
         for name in [n for n, m in self._metrics.items() if m.stage == stage]:
             del self._metrics[name]
 
     def drop_stage_outputs(self, stage: str) -> None:
         """After a sanity check: its numbers must not look like real validation results."""
+        self.finish_epoch(stage)  # nor may its batches count in the first validation's metrics
         for name in [n for n, m in self._metrics.items() if m.stage == stage]:
             del self._metrics[name]
             for key in (name, name + "_epoch", name + "_step"):
@@ -255,27 +313,62 @@ class MetricStore:
         return sorted(self.callback_metrics)
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self, module: Optional[torch.nn.Module] = None) -> Dict[str, Any]:
         """Plain data and tensors: the epoch accumulators, this batch's step values and what
         callbacks read (``callback_metrics``), so a resumed run logs the same epoch values
-        and a ModelCheckpoint/EarlyStopping/ReduceLROnPlateau sees the last validation's."""
-        fields = ("stage", "prog_bar", "logger", "on_step", "on_epoch", "reduce", "sync_dist", "total", "weight")
+        and a ModelCheckpoint/EarlyStopping/ReduceLROnPlateau sees the last validation's.
+        A logged torchmetrics Metric is saved as its attribute path in ``module`` (its
+        states are saved by ``metric_objects.capture_states``)."""
+        fields = ("stage", "prog_bar", "logger", "on_step", "on_epoch", "reduce", "sync_dist", "total", "weight", "holds_object")
+        saved = {}
+        found = None
+        for name, m in self._metrics.items():
+            saved[name] = {f: getattr(m, f) for f in fields}
+            if m.source is not None:
+                if found is None:
+                    found = metric_objects.find_metrics(module) if module is not None else {}
+                path = metric_objects.path_of(module, m.source, found)
+                if path is None:
+                    metric_objects.warn_not_in_module(name)
+                saved[name]["source_path"] = path
         return {
-            "metrics": {name: {f: getattr(m, f) for f in fields} for name, m in self._metrics.items()},
+            "metrics": saved,
             "step_values": dict(self.step_values),
             "callback_metrics": dict(self.callback_metrics),
             "logged_metrics": dict(self.logged_metrics),
             "progress_bar_metrics": dict(self.progress_bar_metrics),
         }
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: Dict[str, Any], module: Optional[torch.nn.Module] = None) -> None:
         device = self._device_fn()
         move = lambda v: v.to(device) if isinstance(v, torch.Tensor) else v  # noqa: E731
-        self._metrics = {name: _Metric(**{k: move(v) for k, v in fields.items()}) for name, fields in state.get("metrics", {}).items()}
+        found = None
+        self._metrics = {}
+        for name, fields in state.get("metrics", {}).items():
+            fields = dict(fields)
+            path = fields.pop("source_path", None)
+            record = _Metric(**{k: move(v) for k, v in fields.items()})
+            if path is not None and module is not None:
+                if found is None:
+                    found = metric_objects.find_metrics(module)
+                record.source = found.get(path)
+            self._metrics[name] = record
         self.step_values = {k: move(v) for k, v in state.get("step_values", {}).items()}
         self.callback_metrics = {k: move(v) for k, v in state.get("callback_metrics", {}).items()}
         self.logged_metrics = dict(state.get("logged_metrics", {}))
         self.progress_bar_metrics = dict(state.get("progress_bar_metrics", {}))
+
+
+def _computed(name: str, metric: Any) -> torch.Tensor:
+    """``metric.compute()`` (torchmetrics syncs the ranks' states inside) as a scalar."""
+    value = metric.compute()
+    if not isinstance(value, torch.Tensor):
+        raise FulmenUserCodeError(
+            f"self.log({name!r}) logged a {type(metric).__name__} whose compute() returns a "
+            f"{type(value).__name__}; self.log needs a scalar: log the entries you want with "
+            "self.log_dict(metric.compute()) in an epoch-end hook"
+        )
+    return detached_scalar(value, f"self.log({name!r})")
 
 
 def _to_floats(tensors) -> list:

@@ -193,3 +193,34 @@ print("clean")
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "clean" in proc.stdout, proc.stderr
+
+
+def _launch_ddp(tmp_path, out, ckpt_path=None):
+    cmd = [sys.executable, str(Path(__file__).parent / "torchmetrics_ddp_script.py"), "--out", str(out)]
+    if ckpt_path is not None:
+        cmd += ["--ckpt-path", str(ckpt_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import json
+
+    return [json.loads((out / f"rank_{r}.json").read_text()) for r in range(2)]
+
+
+def test_two_ranks_log_the_accuracy_over_the_union_and_resume_per_rank(tmp_path):
+    ranks = _launch_ddp(tmp_path, tmp_path / "first")
+    for epoch in ("0", "1"):
+        local = [[(torch.tensor(p), torch.tensor(t)) for p, t in r["seen"][epoch]] for r in ranks]
+        union = hand_accuracy(local[0] + local[1])
+        for r in ranks:
+            assert r["epoch_values"][epoch] == pytest.approx(union)  # torchmetrics synced in compute()
+        # each rank saw different samples: its own accuracy is not the logged value
+        assert any(hand_accuracy(pairs) != pytest.approx(union) for pairs in local)
+    assert ranks[0]["seen"]["0"] != ranks[1]["seen"]["0"]
+
+    mid = tmp_path / "first" / "ckpts" / "epoch=0-step=4.ckpt"  # 4 of 6 batches per rank
+    saved = torch.load(mid, weights_only=True)["metric_states"]["per_rank"]
+    assert len(saved) == 2 and not torch.equal(saved[0]["train_acc"]["state"]["tp"], saved[1]["train_acc"]["state"]["tp"])
+    resumed = _launch_ddp(tmp_path, tmp_path / "second", ckpt_path=mid)
+    for before, after in zip(ranks, resumed):
+        assert len(after["seen"]["0"]) == 2  # only the batches after the checkpoint ran again
+        assert after["epoch_values"] == before["epoch_values"]

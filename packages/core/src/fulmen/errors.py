@@ -36,3 +36,9 @@ class FulmenWarning(UserWarning):
 
 class FulmenPluginWarning(FulmenWarning):
     """A plugin failed, is incompatible, or collided with another; training goes on."""
+
+
+class FulmenDeprecationWarning(FulmenWarning, DeprecationWarning):
+    """Something still works but will go; ``fulmen.utilities.rank_zero_deprecation`` warns
+    with it (Lightning's ``LightningDeprecationWarning``). A ``DeprecationWarning`` too, so
+    Python's default filters treat it as one."""

@@ -23,6 +23,7 @@ from fulmen.environments.local import LocalEnvironment
 from fulmen.errors import FulmenConfigError
 from fulmen.strategies.base import Strategy
 from fulmen.strategies.launchers import guards
+from fulmen.utilities.rank_zero import set_rank
 
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "mean": dist.ReduceOp.SUM}
 DEFAULT_TIMEOUT = timedelta(minutes=30)
@@ -156,6 +157,7 @@ class DDPStrategy(Strategy):
             self._processes_started = True
         self.accelerator.setup_device(self.root_device)
         self.precision.setup(self.root_device)
+        set_rank(self.global_rank)  # rank_zero_only decides by it, also in spawned ranks
         self._init_process_group()
         self._environment_ready = True
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from fulmen.errors import FulmenConfigError
+from fulmen.errors import FulmenCheckpointError, FulmenConfigError
 from fulmen.fabric.connector import STRATEGY_PARTS, resolve_strategy
 from fulmen.fabric.deferred_metrics import DEFAULT_FLUSH_EVERY
 from fulmen.fabric.respawn import RebuildsInWorkers, launch_rebuilt
@@ -24,6 +24,7 @@ from fulmen.strategies.base import Strategy
 from fulmen.strategies.capabilities import SupportsNoBackwardSync
 from fulmen.strategies.launcher import runs_in_workers
 from fulmen.utilities.apply import move_data_to_device
+from fulmen.utilities.rank_zero import set_rank
 from fulmen.utilities import rng
 from fulmen.utilities.seed import seed_everything as _seed_everything
 
@@ -90,6 +91,8 @@ class Fabric(RebuildsInWorkers):
         self._launched = False
         if not runs_in_workers(self._strategy.launcher):  # workers set themselves up
             self._strategy.setup_environment()
+            if self._strategy.world_size > 1:  # whatever the strategy, rank_zero_only follows it
+                set_rank(self._strategy.global_rank)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -181,20 +184,35 @@ class Fabric(RebuildsInWorkers):
         """Build the model inside this to create it in the right dtype (and shards)."""
         return self._strategy.module_init_context(empty_init)
 
-    def setup(self, module: nn.Module, *optimizers: torch.optim.Optimizer, move_to_device: bool = True):
+    def init_tensor(self) -> ContextManager:
+        """Tensors created inside this block are made on this process's device and in the
+        precision's dtype at once (``"bf16-true"``: bfloat16), with no copy afterwards."""
+        return _tensor_init_context(self.device, self._strategy.precision)
+
+    def setup(
+        self,
+        module: nn.Module,
+        *optimizers: torch.optim.Optimizer,
+        scheduler: Optional[Any] = None,
+        move_to_device: bool = True,
+    ):
         """Prepare a model and its optimizers for this strategy and precision, in one call
-        (an engine may wrap both as one object). Returns the wrapped model, or the model and
-        the optimizers as a tuple; use what it returns in place of the originals."""
+        (an engine may wrap both as one object, and take the LR ``scheduler`` too). Returns
+        the wrapped model, or the model, the optimizers (and the scheduler, when given) as a
+        tuple; use what it returns in place of the originals."""
+        if scheduler is not None and not optimizers:
+            raise FulmenConfigError("fabric.setup(model, scheduler=...) needs the scheduler's optimizer too: fabric.setup(model, optimizer, scheduler=...)")
+        schedulers = [scheduler] if scheduler is not None else []
         if not optimizers or not move_to_device:
             fabric_module = self.setup_module(module, move_to_device=move_to_device)
             fabric_optimizers = [self.setup_optimizer(opt) for opt in optimizers]
         else:
-            fabric_module, fabric_optimizers, _ = self.setup_module_and_optimizers(
-                module, lambda: (list(optimizers), [])
+            fabric_module, fabric_optimizers, schedulers = self.setup_module_and_optimizers(
+                module, lambda: (list(optimizers), schedulers)
             )
         if not fabric_optimizers:
             return fabric_module
-        return (fabric_module, *fabric_optimizers)
+        return (fabric_module, *fabric_optimizers, *schedulers[:1])
 
     def setup_module_and_optimizers(self, module: nn.Module, configure_optimizers: Callable[[], Any]):
         """``Strategy.setup_module_and_optimizers`` with fulmen's wrappers around the result:
@@ -302,12 +320,33 @@ class Fabric(RebuildsInWorkers):
         """Wait until every process arrives here."""
         self._strategy.barrier(name)
 
-    # ------------------------------------------------------------------ checkpoints
-    def save(self, path: Union[str, Path], state: Dict[str, Any]) -> None:
-        """Write ``state`` (modules, optimizers and anything with ``state_dict``) atomically."""
-        from fulmen.fabric.state import collect_state
+    def rank_zero_first(self, local: bool = False) -> ContextManager:
+        """Run the block on rank 0 first and on the other ranks once it is done (every rank
+        enters it): for downloads and caches the others then find on disk. ``local=True``:
+        local rank 0 of each node goes first, for nodes that share no file system."""
+        from fulmen.fabric.rank_order import first_then_others
 
+        rank = self.local_rank if local else self.global_rank
+        return first_then_others(self._strategy, goes_first=rank == 0)
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` in the first process of each node only (local rank 0, as Lightning's),
+        so a multi-process job prints each line once per machine."""
+        if self.local_rank == 0:
+            print(*args, **kwargs)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, path: Union[str, Path], state: Dict[str, Any], filter: Optional[Dict[str, Callable[[str, Any], bool]]] = None) -> None:
+        """Write ``state`` (modules, optimizers and anything with ``state_dict``) atomically.
+        ``filter`` maps state keys to ``fn(name, value) -> bool``: only the entries of that
+        key's state dict it accepts are saved (say, adapter weights without the frozen base)."""
+        from fulmen.fabric.state import apply_filter, check_filter, collect_state
+
+        if filter is not None:
+            check_filter(filter, state)
         checkpoint = collect_state(state, self._strategy)
+        if filter is not None:
+            apply_filter(checkpoint, filter)
         if FABRIC_META_KEY in checkpoint:
             raise FulmenConfigError(f"{FABRIC_META_KEY!r} is reserved by fulmen; rename that entry of the state")
         # Random streams travel with the state so that a resumed loop draws the same numbers;
@@ -331,6 +370,29 @@ class Fabric(RebuildsInWorkers):
             if own is not None:
                 rng.restore(own, self.accelerator)
         return remainder
+
+    def load_raw(self, path: Union[str, Path], obj: Union[nn.Module, torch.optim.Optimizer], strict: bool = True) -> None:
+        """Load a plain state dict file (``torch.save(model.state_dict(), path)``, written
+        without Fabric) into a module or an optimizer, through the strategy (which may hold
+        the module in shards). ``strict`` applies to modules only, as in ``load_state_dict``."""
+        from fulmen.fabric.state import read_raw_state, unwrap
+
+        target = unwrap(obj)
+        if not isinstance(target, (nn.Module, torch.optim.Optimizer)):
+            raise FulmenConfigError(
+                f"fabric.load_raw(path, obj) loads into a module or an optimizer, not a {type(obj).__name__}; "
+                "for a checkpoint written by fabric.save use fabric.load(path, state)"
+            )
+        saved = read_raw_state(path)
+        if FABRIC_META_KEY in saved:
+            raise FulmenCheckpointError(
+                f"{str(path)!r} was written by fabric.save and holds {sorted(k for k in saved if k != FABRIC_META_KEY)}, "
+                "not one state dict; load it with fabric.load(path, {'model': model, ...})"
+            )
+        if isinstance(target, nn.Module):
+            self._strategy.load_module_state_dict(target, saved, strict=strict)
+        else:
+            self._strategy.load_optimizer_state_dict(target, saved)
 
     # ------------------------------------------------------------------ logging, callbacks
     def log(self, name: str, value: Any, step: Optional[int] = None) -> None:
@@ -367,6 +429,12 @@ class Fabric(RebuildsInWorkers):
     def seed_everything(self, seed: Optional[int] = None, workers: bool = False) -> int:
         """Seed Python, NumPy and torch (and dataloader workers with ``workers=True``); returns the seed."""
         return _seed_everything(seed, workers=workers)
+
+
+@contextlib.contextmanager
+def _tensor_init_context(device: torch.device, precision: Any) -> Iterator[None]:
+    with torch.device(device), precision.module_init_context():
+        yield
 
 
 def _run_function(fabric: "Fabric", function: Callable[..., Any], args: tuple, kwargs: dict) -> Any:

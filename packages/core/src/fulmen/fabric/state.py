@@ -8,11 +8,12 @@ from typing import Any, Dict
 import torch
 from torch import nn
 
-from fulmen.errors import FulmenCheckpointError
+from fulmen.errors import FulmenCheckpointError, FulmenConfigError
 from fulmen.fabric.wrappers import FabricModule, FabricOptimizer
 
 
-def _unwrap(obj: Any) -> Any:
+def unwrap(obj: Any) -> Any:
+    """The module or optimizer inside a Fabric wrapper; anything else as it is."""
     if isinstance(obj, FabricModule):
         return obj.module
     if isinstance(obj, FabricOptimizer):
@@ -23,7 +24,7 @@ def _unwrap(obj: Any) -> Any:
 def collect_state(state: Dict[str, Any], strategy: Any) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for key, value in state.items():
-        value = _unwrap(value)
+        value = unwrap(value)
         if isinstance(value, nn.Module):
             out[key] = strategy.module_state_dict(value)
         elif isinstance(value, torch.optim.Optimizer):
@@ -46,7 +47,7 @@ def restore_state(checkpoint: Dict[str, Any], state: Dict[str, Any], strategy: A
         if key not in checkpoint:
             continue
         saved = checkpoint[key]
-        target = _unwrap(target)
+        target = unwrap(target)
         if isinstance(target, nn.Module):
             strategy.load_module_state_dict(target, saved, strict=strict)
         elif isinstance(target, torch.optim.Optimizer):
@@ -56,3 +57,55 @@ def restore_state(checkpoint: Dict[str, Any], state: Dict[str, Any], strategy: A
         else:
             state[key] = saved
     return {key: value for key, value in checkpoint.items() if key not in state}
+
+
+def check_filter(filter: Any, state: Dict[str, Any]) -> None:
+    """``fabric.save(filter=...)``: a dict from state keys to ``fn(name, value) -> bool``."""
+    if not isinstance(filter, dict):
+        raise FulmenConfigError(
+            f"fabric.save(filter={filter!r}): filter must be a dict from state keys to functions "
+            "fn(name, value) -> bool, e.g. {'model': lambda name, value: 'lora' in name}"
+        )
+    unknown = sorted(set(filter) - set(state))
+    if unknown:
+        raise FulmenConfigError(
+            f"fabric.save(filter=...) names {unknown}, which the state does not hold; its keys are {sorted(state)}"
+        )
+    for key, fn in filter.items():
+        if not callable(fn):
+            raise FulmenConfigError(f"fabric.save(filter=...)[{key!r}] is {fn!r}, not a function fn(name, value) -> bool")
+
+
+def apply_filter(checkpoint: Dict[str, Any], filter: Dict[str, Any]) -> None:
+    """Keep, under each filtered key, the state-dict entries its function accepts (in place).
+    An entry with nothing accepted stays as an empty dict, so loading it names what is missing."""
+    for key, keep in filter.items():
+        saved = checkpoint[key]
+        if not isinstance(saved, dict):
+            raise FulmenConfigError(
+                f"fabric.save(filter=...)[{key!r}]: state[{key!r}] is a {type(saved).__name__}, not a module, "
+                "optimizer or state dict, so there are no entries to filter; drop it from filter="
+            )
+        checkpoint[key] = {name: value for name, value in saved.items() if keep(name, value)}
+
+
+def read_raw_state(path: Any) -> Dict[str, Any]:
+    """A state dict saved by plain ``torch.save(obj.state_dict(), path)`` (``Fabric.load_raw``),
+    read with ``weights_only=True``; a fulmen file's checksum is checked as well."""
+    from fulmen.io.checkpoint_io import TorchCheckpointIO
+
+    return TorchCheckpointIO(verify=_has_integrity_footer(path)).load_checkpoint(path)
+
+
+def _has_integrity_footer(path: Any) -> bool:
+    from fulmen.io import integrity
+
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            if handle.tell() < integrity.FOOTER_SIZE:
+                return False
+            handle.seek(-integrity.FOOTER_SIZE, 2)
+            return handle.read(len(integrity.MAGIC)) == integrity.MAGIC
+    except (IsADirectoryError, FileNotFoundError):
+        return False  # load_checkpoint names the problem

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from fulmen.io.atomic import atomic_open
+from fulmen.loggers.arguments import prefixed, resolve_save_dir
 from fulmen.loggers.base import Logger
 
 
@@ -21,24 +22,33 @@ class CSVLogger(Logger):
     """The default logger (``logger=True`` or ``"csv"``): ``metrics.csv`` and ``hparams.json`` in
     ``save_dir/name/version_N``, with nothing to install.
 
+    The arguments are Lightning's (``CSVLogger(save_dir, ...)`` of its Trainer and
+    ``CSVLogger(root_dir, ...)`` of Fabric give the same layout here).
+
     Args:
-        save_dir: The directory that holds the experiment folder.
-        name: The experiment folder under ``save_dir``.
+        save_dir: The directory that holds the experiment folder (default ``"."``).
+        name: The experiment folder under ``save_dir``; ``""`` or ``None`` for none.
         version: An int (``version_N``) or a folder name; ``None`` picks the next free
             ``version_N``, agreed on by every rank in a multi-process run.
+        prefix: Put before every metric name, joined with ``-`` (Lightning's rule).
         flush_logs_every_n_steps: Rows buffered before they are written; epoch ends and
-            checkpoints write them too."""
+            checkpoints write them too.
+        root_dir: Lightning Fabric's name for ``save_dir``; pass one of the two."""
 
     def __init__(
         self,
-        save_dir: Union[str, os.PathLike] = ".",
-        name: str = "fulmen_logs",
+        save_dir: Optional[Union[str, os.PathLike]] = None,
+        name: Optional[str] = "fulmen_logs",
         version: Optional[Union[int, str]] = None,
+        prefix: str = "",
         flush_logs_every_n_steps: int = 100,
+        *,
+        root_dir: Optional[Union[str, os.PathLike]] = None,
     ) -> None:
-        self._save_dir = Path(save_dir)
-        self._name = name
+        self._save_dir = resolve_save_dir("CSVLogger", save_dir, root_dir)
+        self._name = name or ""
         self._version = version
+        self._prefix = prefix
         self._flush_every = max(1, int(flush_logs_every_n_steps))
         self._rows: List[Dict[str, Any]] = []
         self._header: List[str] = []
@@ -51,6 +61,11 @@ class CSVLogger(Logger):
         return self._name
 
     @property
+    def save_dir(self) -> str:
+        """The folder given as ``save_dir`` (or ``root_dir``) that holds the experiment folder."""
+        return str(self._save_dir)
+
+    @property
     def version(self) -> Union[int, str]:
         """The version given, or the next free ``version_N`` number (decided on first use)."""
         if self._version is None:
@@ -59,7 +74,8 @@ class CSVLogger(Logger):
 
     @property
     def root_dir(self) -> Path:
-        """``save_dir/name``: where every version of this experiment lives."""
+        """``save_dir/name``: where every version of this experiment lives (Lightning's
+        property of this name, which is not the ``root_dir`` argument but its ``name`` folder)."""
         return self._save_dir / self._name
 
     @property
@@ -93,6 +109,8 @@ class CSVLogger(Logger):
     def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
         """Buffer one row; the file is written every ``flush_logs_every_n_steps`` rows. A metric
         name not seen before widens the header (the file is rewritten, older rows get empty cells)."""
+        if self._prefix:
+            metrics = {prefixed(self._prefix, key): value for key, value in metrics.items()}
         row = {"step": step, **metrics}
         self._rows.append(row)
         self._pending += 1

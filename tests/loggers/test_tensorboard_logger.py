@@ -44,6 +44,8 @@ def test_every_step_hyperparameters_and_graph(tmp_path):
     assert Path(logger.log_dir) == tmp_path / "fulmen_logs" / "version_0"
 
     scalars = tb_scalars(logger.log_dir)
+    # Lightning's default_hp_metric: a placeholder -1 at step 0, logged with the hyperparameters
+    assert scalars.pop("hp_metric") == [(0, -1.0)]
     assert set(scalars) == set(reference.keys()) == {"train_loss", "val_loss", "epoch"}
     for key in ("train_loss", "val_loss"):
         assert [s for s, _ in scalars[key]] == reference.steps(key)
@@ -54,7 +56,7 @@ def test_every_step_hyperparameters_and_graph(tmp_path):
     start = plugin["_hparams_/session_start_info"].session_start_info
     assert {k: v.number_value for k, v in start.hparams.items()} == {"features": 8.0, "lr": 0.05}
     experiment = plugin["_hparams_/experiment"].experiment
-    assert {m.name.tag for m in experiment.metric_infos} == {"train_loss", "val_loss", "epoch"}
+    assert {m.name.tag for m in experiment.metric_infos} == {"train_loss", "val_loss", "epoch", "hp_metric"}
     assert {h.name for h in experiment.hparam_infos} == {"features", "lr"}
     assert plugin["_hparams_/session_end_info"].session_end_info.status == 1  # STATUS_SUCCESS
     graph = acc.Graph()

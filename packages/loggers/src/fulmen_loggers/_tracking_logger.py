@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from fulmen.loggers.arguments import prefixed
 from fulmen.loggers.base import Logger
 
 from fulmen_loggers._checkpoint_artifacts import checkpoint_record, parse_log_model
@@ -198,7 +199,7 @@ class TrackingLogger(Logger):
         for key, value in metrics.items():
             name = self._renamed.get(key)
             if name is None:
-                name = self._metric_name(f"{self._prefix}{key}")
+                name = self._metric_name(prefixed(self._prefix, key))
                 self._renamed[key] = name
                 self._metric_keys[name] = None
             try:

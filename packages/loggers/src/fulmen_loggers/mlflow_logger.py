@@ -18,6 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
+from fulmen.loggers.arguments import resolve_save_dir
+
 from fulmen_loggers._checkpoint_artifacts import MissingArtifact, artifact_source, release_staged
 from fulmen_loggers._records import ARTIFACT, END, METRICS, PARAMS, FulmenLoggerWarning, Record
 from fulmen_loggers._sink import Sink
@@ -61,6 +63,8 @@ class MLflowLogger(TrackingLogger):
         save_dir: local root (``Trainer`` passes ``default_root_dir``); the run directory
             ``<save_dir>/mlflow/<experiment>/version_N`` holds the spool and, when this is
             the Trainer's first logger, the checkpoints.
+        root_dir: the same folder under Lightning Fabric's name for it; pass ``save_dir`` or
+            ``root_dir``, not both.
         log_model: ``False`` (no upload), ``True``/``"best"`` (the best checkpoint when
             training ends), ``"all"`` (every checkpoint as ModelCheckpoint writes it). Files
             go to the run's artifacts under ``artifact_path``.
@@ -89,7 +93,7 @@ class MLflowLogger(TrackingLogger):
         run_name: Optional[str] = None,
         tracking_uri: Optional[str] = None,
         tags: Optional[Dict[str, Any]] = None,
-        save_dir: Union[str, os.PathLike, None] = ".",
+        save_dir: Union[str, os.PathLike, None] = None,
         log_model: Any = False,
         prefix: str = "",
         artifact_location: Optional[str] = None,
@@ -97,8 +101,11 @@ class MLflowLogger(TrackingLogger):
         artifact_path: str = "checkpoints",
         http_timeout: Optional[float] = None,
         http_max_retries: Optional[int] = None,
+        *,
+        root_dir: Union[str, os.PathLike, None] = None,
         **delivery: Any,
     ) -> None:
+        save_dir = resolve_save_dir(type(self).__name__, save_dir, root_dir)
         super().__init__(save_dir, log_model=log_model, prefix=prefix, **delivery)
         env = os.environ
         self._experiment_id = None

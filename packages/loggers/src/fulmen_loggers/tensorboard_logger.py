@@ -15,6 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Union
 
+from fulmen.loggers.arguments import resolve_save_dir
+
 from fulmen_loggers._records import END, GRAPH, METRICS, PARAMS, FulmenLoggerWarning, Record
 from fulmen_loggers._sink import Sink
 from fulmen_loggers._tracking_logger import TrackingLogger, is_global_zero
@@ -23,15 +25,23 @@ from fulmen_loggers._tracking_logger import TrackingLogger, is_global_zero
 class TensorBoardLogger(TrackingLogger):
     """Log to TensorBoard event files under ``<save_dir>/<name>/version_N[/<sub_dir>]``.
 
+    The arguments are Lightning's: its Trainer's ``TensorBoardLogger(save_dir, ...)`` and
+    Fabric's ``TensorBoardLogger(root_dir, ...)`` give the same layout here (positionally,
+    the Trainer logger's order).
+
     Args:
         save_dir: root folder (``Trainer`` passes ``default_root_dir``).
-        name: experiment folder (``"fulmen_logs"``, as the CSV logger; ``""`` for none).
+        name: experiment folder (``"fulmen_logs"``, as the CSV logger; ``""`` or ``None`` for none).
         version: an int (``version_N``) or a folder name; default the next free number.
-        sub_dir: an extra folder below the version (e.g. ``"train"``).
         log_graph: trace the module once at the start of fit (``module.example_input_array``
             or ``log_graph(model, input_array)``) and write its graph.
-        prefix: put before every metric name.
+        default_hp_metric: with the hyperparameters, log Lightning's placeholder scalar
+            ``hp_metric`` = -1 at step 0, so the HParams dashboard has a metric column even
+            before the run logged one; ``False`` logs none.
+        prefix: put before every metric name, joined with ``-``.
+        sub_dir: an extra folder below the version (e.g. ``"train"``).
         flush_secs, max_queue: passed to ``SummaryWriter`` (fulmen also flushes after each batch).
+        root_dir: Lightning Fabric's name for ``save_dir``; pass one of the two.
         queue_size, max_batch, flush_interval, retry_initial, retry_max, close_timeout:
             delivery settings, as for :class:`~fulmen_loggers.MLflowLogger`.
 
@@ -44,21 +54,26 @@ class TensorBoardLogger(TrackingLogger):
 
     def __init__(
         self,
-        save_dir: Union[str, os.PathLike, None] = ".",
+        save_dir: Union[str, os.PathLike, None] = None,
         name: Optional[str] = "fulmen_logs",
         version: Optional[Union[int, str]] = None,
-        sub_dir: Optional[str] = None,
         log_graph: bool = False,
+        default_hp_metric: bool = True,
         prefix: str = "",
+        sub_dir: Optional[Union[str, os.PathLike]] = None,
         flush_secs: int = 120,
         max_queue: int = 10,
+        *,
+        root_dir: Union[str, os.PathLike, None] = None,
         **delivery: Any,
     ) -> None:
+        save_dir = resolve_save_dir(type(self).__name__, save_dir, root_dir)
         super().__init__(save_dir, log_model=False, prefix=prefix, **delivery)
         self._name = name or ""
         self._version = version
-        self._sub_dir = sub_dir
+        self._sub_dir = str(sub_dir) if sub_dir is not None else None
         self._log_graph = bool(log_graph)
+        self._default_hp_metric = bool(default_hp_metric)
         self._flush_secs = int(flush_secs)
         self._max_queue = int(max_queue)
 
@@ -76,6 +91,25 @@ class TensorBoardLogger(TrackingLogger):
 
     def _root_dir(self) -> Path:
         return self._save_dir / self._name if self._name else self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        """``save_dir/name``, the folder holding every version (Lightning's property: the
+        ``root_dir`` argument's ``name`` folder, not the argument itself)."""
+        return str(self._root_dir())
+
+    @property
+    def sub_dir(self) -> Optional[str]:
+        """The folder below the version that holds the event files, if one was given."""
+        return self._sub_dir
+
+    def log_hyperparams(self, params: Any) -> None:
+        """The hyperparameters, and with ``default_hp_metric`` Lightning's ``hp_metric`` = -1
+        at step 0, once: a resumed run whose run has them already sends neither again."""
+        digest = self._params_digest
+        super().log_hyperparams(params)
+        if self._default_hp_metric and self._params_digest != digest and is_global_zero():
+            self.log_metrics({"hp_metric": -1.0}, step=0)
 
     @property
     def log_dir(self) -> str:

@@ -21,6 +21,8 @@ import struct
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from fulmen.loggers.arguments import resolve_save_dir
+
 from fulmen_loggers._checkpoint_artifacts import MissingArtifact, artifact_source, release_staged
 from fulmen_loggers._records import ARTIFACT, END, METRICS, PARAMS, Record
 from fulmen_loggers._sink import Sink
@@ -43,6 +45,8 @@ class WandbLogger(TrackingLogger):
         save_dir: local root (``Trainer`` passes ``default_root_dir``); the run directory is
             ``<save_dir>/wandb/<project>/<id>`` (spool, checkpoints, and wandb's own files
             unless ``dir=`` or ``$WANDB_DIR`` says otherwise).
+        root_dir: the same folder under Lightning Fabric's name for it; pass ``save_dir`` or
+            ``root_dir``, not both.
         version / id: the run id (default ``$WANDB_RUN_ID``, else a new random one). Given,
             or restored from a checkpoint, the run is resumed (``resume="allow"``).
         offline: ``mode="offline"`` (sync later with ``wandb sync``).
@@ -69,7 +73,7 @@ class WandbLogger(TrackingLogger):
     def __init__(
         self,
         name: Optional[str] = None,
-        save_dir: Union[str, os.PathLike, None] = ".",
+        save_dir: Union[str, os.PathLike, None] = None,
         version: Optional[str] = None,
         offline: bool = False,
         dir: Optional[Union[str, os.PathLike]] = None,
@@ -85,8 +89,11 @@ class WandbLogger(TrackingLogger):
         log_model: Any = False,
         prefix: str = "",
         settings: Optional[Dict[str, Any]] = None,
+        *,
+        root_dir: Union[str, os.PathLike, None] = None,
         **delivery: Any,
     ) -> None:
+        save_dir = resolve_save_dir(type(self).__name__, save_dir, root_dir)
         super().__init__(save_dir, log_model=log_model, prefix=prefix, **delivery)
         env = os.environ
         self._run_name = name

@@ -111,6 +111,66 @@ class Module(HookCarrier, nn.Module):
         if self._trainer is None or self._trainer.is_global_zero:
             print(*args, **kwargs)
 
+    @property
+    def global_rank(self) -> int:
+        """This process's index in the job (0 when not attached)."""
+        return self._trainer.global_rank if self._trainer is not None else 0
+
+    @property
+    def local_rank(self) -> int:
+        """This process's index on its node (0 when not attached)."""
+        return self._trainer.local_rank if self._trainer is not None else 0
+
+    @property
+    def logger(self):
+        """The Trainer's first logger; ``None`` without one or when not attached."""
+        return self._trainer.logger if self._trainer is not None else None
+
+    @property
+    def loggers(self) -> List[Any]:
+        """The Trainer's loggers (``[]`` when not attached)."""
+        return self._trainer.loggers if self._trainer is not None else []
+
+    @property
+    def on_gpu(self) -> bool:
+        """True when the module's parameters are on a CUDA device."""
+        return self.device.type == "cuda"
+
+    @property
+    def example_input_array(self) -> Any:
+        """A sample input for ``forward`` (a tensor, tuple or dict) that tools such as model
+        summaries may run; ``None`` until set."""
+        return self.__dict__.get("_example_input_array")
+
+    @example_input_array.setter
+    def example_input_array(self, example: Any) -> None:
+        # Kept out of nn.Module's registries: a sample input is no buffer of the model.
+        object.__setattr__(self, "_example_input_array", example)
+
+    def freeze(self) -> None:
+        """Stop every parameter from training and switch to ``eval()`` (for inference or a
+        frozen backbone); :meth:`unfreeze` undoes both."""
+        for parameter in self.parameters():
+            parameter.requires_grad = False
+        self.eval()
+
+    def unfreeze(self) -> None:
+        """Let every parameter train again and switch to ``train()``."""
+        for parameter in self.parameters():
+            parameter.requires_grad = True
+        self.train()
+
+    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        """Every process's tensors (nested too), stacked along a new first dimension; one
+        process gets its own with that dimension of size 1. ``sync_grads=True`` lets gradients
+        flow back through the gather."""
+        if group is not None:
+            raise FulmenConfigError(
+                "self.all_gather(group=...) is not supported: fulmen gathers across all processes of the "
+                "job; drop group=, or call torch.distributed.all_gather yourself for a subgroup"
+            )
+        return self.trainer.fabric.all_gather(data, sync_grads=sync_grads)
+
     # ------------------------------------------------------------------ logging
     def log(
         self,

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Union
 import torch
 
 from fulmen.trainer import fit_loop
+from fulmen.trainer.states import TrainerState
 
 
 class TrainerProperties:
@@ -132,6 +133,49 @@ class TrainerProperties:
     def validating(self) -> bool:
         """True while a validation loop runs (inside fit or ``validate``)."""
         return self._evaluating and self.state in ("fitting", "validating") and not self.sanity_checking
+
+    @property
+    def testing(self) -> bool:
+        """True while ``test`` runs."""
+        return self.state == "testing"
+
+    @property
+    def predicting(self) -> bool:
+        """True while ``predict`` runs."""
+        return self.state == "predicting"
+
+    @property
+    def state(self) -> TrainerState:
+        """Where the Trainer is, as one word that compares as a string (``"initializing"``,
+        ``"fitting"``, ``"validating"``, ``"testing"``, ``"predicting"``, ``"finished"``,
+        ``"interrupted"``, ``"failed"``), with Lightning's ``.fn``, ``.stage``, ``.status`` and
+        ``.finished`` (see ``fulmen.trainer.states``)."""
+        return self._state
+
+    @state.setter
+    def state(self, name: str) -> None:
+        self._state = TrainerState(name, self)
+
+    @property
+    def interrupted(self) -> bool:
+        """True when the last run was stopped by Ctrl-C, a signal or an exception."""
+        return self.state in ("interrupted", "failed")
+
+    @property
+    def num_nodes(self) -> int:
+        """How many machines take part."""
+        return self.strategy.num_nodes
+
+    @property
+    def device_ids(self) -> List[int]:
+        """The index of each device this node trains on (for CPU processes: 0, 1, ...)."""
+        devices = self.strategy.parallel_devices or [self.strategy.root_device]
+        return [d.index if isinstance(d, torch.device) and d.index is not None else i for i, d in enumerate(devices)]
+
+    @property
+    def num_devices(self) -> int:
+        """How many devices this node trains on (``len(trainer.device_ids)``)."""
+        return len(self.device_ids)
 
     @property
     def estimated_stepping_batches(self) -> float:

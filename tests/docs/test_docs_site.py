@@ -31,6 +31,7 @@ PUBLIC_MODULES = [
     "fulmen.io",
     "fulmen.profilers",
     "fulmen.testing",
+    "fulmen.utilities",
     "fulmen_fsdp",
     "fulmen_loggers",
 ]

@@ -201,7 +201,10 @@ class Fabric(RebuildsInWorkers):
         the wrapped model, or the model, the optimizers (and the scheduler, when given) as a
         tuple; use what it returns in place of the originals."""
         if scheduler is not None and not optimizers:
-            raise FulmenConfigError("fabric.setup(model, scheduler=...) needs the scheduler's optimizer too: fabric.setup(model, optimizer, scheduler=...)")
+            raise FulmenConfigError(
+                "fabric.setup(model, scheduler=...) needs the scheduler's optimizer too: "
+                "fabric.setup(model, optimizer, scheduler=...)"
+            )
         schedulers = [scheduler] if scheduler is not None else []
         if not optimizers or not move_to_device:
             fabric_module = self.setup_module(module, move_to_device=move_to_device)
@@ -336,7 +339,12 @@ class Fabric(RebuildsInWorkers):
             print(*args, **kwargs)
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, path: Union[str, Path], state: Dict[str, Any], filter: Optional[Dict[str, Callable[[str, Any], bool]]] = None) -> None:
+    def save(
+        self,
+        path: Union[str, Path],
+        state: Dict[str, Any],
+        filter: Optional[Dict[str, Callable[[str, Any], bool]]] = None,
+    ) -> None:
         """Write ``state`` (modules, optimizers and anything with ``state_dict``) atomically.
         ``filter`` maps state keys to ``fn(name, value) -> bool``: only the entries of that
         key's state dict it accepts are saved (say, adapter weights without the frozen base)."""

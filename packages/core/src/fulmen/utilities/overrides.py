@@ -44,7 +44,9 @@ def _default_parent(instance: Any) -> type:
     )
 
 
-def is_overridden(method_name: str, instance: Optional[object] = None, parent: Optional[type] = None) -> bool:
+def is_overridden(
+    method_name: str, instance: Optional[object] = None, parent: Optional[type] = None
+) -> bool:
     """True when ``instance`` (its class, or the instance itself) defines ``method_name`` other
     than ``parent`` does, or at all where ``parent`` does not define it. ``parent`` defaults to the fulmen base class ``instance`` derives from
     (``Module``, ``DataModule`` or ``Callback``). ``instance=None`` is ``False``, so

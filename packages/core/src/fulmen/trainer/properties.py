@@ -124,6 +124,12 @@ class TrainerProperties:
     model = lightning_module
 
     @property
+    def ckpt_path(self):
+        """The checkpoint the last fit/validate/test/predict loaded, with ``"best"``/``"last"``
+        resolved to the file (Lightning's name); None when that stage started fresh."""
+        return self._loaded_ckpt_path
+
+    @property
     def training(self) -> bool:
         """True while fit trains (False in its validation and the sanity check)."""
         # Lightning: False while fit's validation loop runs (trainer.validating is True then).

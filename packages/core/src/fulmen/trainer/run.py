@@ -52,6 +52,7 @@ def run_stage(trainer, stage: str, model, datamodule, body: Callable[[], Any]) -
             # Read the checkpoint before callbacks set up: loggers must get their old
             # versions back first, so every directory derived from them is the same.
             trainer._resume_checkpoint, trainer._resume_path = ckpt.load_first_good(trainer, trainer._resume_from)
+            trainer._loaded_ckpt_path = trainer._resume_path
             if trainer._resume_checkpoint is not None:
                 ckpt.restore_before_setup(trainer, trainer._resume_checkpoint)
         profiling.start(trainer, stage)  # after the loggers' versions are back: it reads log_dir

@@ -205,6 +205,7 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
         self._loggers_synchronized = False
         self._resume_checkpoint = None
         self._resume_path = None
+        self._loaded_ckpt_path = None  # trainer.ckpt_path
         self._pending_rng = None
         self._preemption = preemption.PreemptionHandler()
         self._eval_batch_counts: List[Union[int, float]] = []
@@ -480,6 +481,7 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
             raise FulmenUserCodeError(f"trainer.{stage}() needs {type(module).__name__}.{step_name}(self, batch, batch_idx)")
         self._setup_module()
         checkpoint, path = ckpt.load_first_good(self, ckpt_path)
+        self._loaded_ckpt_path = path
         if checkpoint is not None:
             ckpt.restore(self, checkpoint, path, fitting=False)
         kind = table.loader_kind

@@ -77,6 +77,8 @@ def run_evaluation(trainer, stage: str, loaders: List[Any], limits: List[float])
                     batch_idx += 1
             metrics.dataloader_idx = None
             metrics.phase = f"{prefix}_epoch_end"
+            if stage != "predict":
+                metrics.reduce_epoch(stage)  # so callbacks see epoch aggregates in the hook, as in Lightning
             trainer._call(f"on_{prefix}_epoch_end")
             logged = metrics.reduce_epoch(stage) if stage != "predict" else {}
             if stage in ("validate", "test"):

@@ -115,6 +115,8 @@ def test_hooks_may_take_any_subset_of_their_arguments(tmp_path):
 
 def test_callback_hook_with_an_undocumented_argument_is_a_user_code_error(tmp_path):
     class LightningStyle(fulmen.Callback):
+        # Read as Lightning's positional style (pl_module is no documented name), but it takes
+        # 3 of the 5 arguments: batch_idx would silently receive ``outputs``.
         def on_train_batch_end(self, trainer, pl_module, batch_idx):
             raise AssertionError("must never be called")
 
@@ -146,7 +148,7 @@ def test_a_failed_attach_leaves_nothing_registered_for_the_next_fit(tmp_path):
             starts.append(self)
 
     class LightningStyle(fulmen.Callback):
-        def on_fit_start(self, trainer, pl_module):
+        def on_fit_start(self, trainer, pl_module, extra):  # one more than Lightning passes
             pass
 
     good, bad = Recorder(), LightningStyle()

@@ -158,7 +158,7 @@ def test_a_hook_with_an_unknown_argument_is_named(tmp_path):
         def on_train_batch_end(self, trainer, loss):
             pass
 
-    with pytest.raises(FulmenUserCodeError, match=r"Wrong.*argument fulmen does not pass"):
+    with pytest.raises(FulmenUserCodeError, match=r"callback .*Wrong.on_train_batch_end cannot be called: its argument\(s\) \['loss'\] are not documented names"):
         trainer_for(tmp_path, callbacks=[Wrong()]).fit(BoringModule(), loader(16))
 
 

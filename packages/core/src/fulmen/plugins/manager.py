@@ -16,7 +16,7 @@ import pluggy
 
 from fulmen import hookspecs
 from fulmen.errors import FulmenPluginWarning, FulmenUserCodeError
-from fulmen.plugins import deprecations, discovery, policy, settings, tracing
+from fulmen.plugins import deprecations, discovery, hook_arguments, policy, settings, tracing
 from fulmen.plugins.registry import KINDS, Registry, UnloadedPlugin
 
 _REGISTRATION_KIND = {
@@ -63,18 +63,20 @@ class FulmenPluginManager(pluggy.PluginManager):
 
     def parse_hookimpl_opts(self, plugin: Any, name: str):
         if isinstance(plugin, HookCarrier):
-            # Only hook names are looked at: touching every attribute of an nn.Module
-            # would run properties that may raise before the module is attached.
-            if name in _LIFECYCLE and name not in plugin._fulmen_direct_methods and _overridden(plugin, name):
-                if inspect.isroutine(getattr(plugin, name, None)):
-                    return {}
-            return None
+            return {} if _is_carrier_hook(plugin, name) else None
+        if isinstance(plugin, hook_arguments.AdaptedCarrier):
+            return {} if name in _LIFECYCLE and name in plugin.__dict__ else None
         return super().parse_hookimpl_opts(plugin, name)
 
-    def register_carrier(self, obj: Any, what: str) -> None:
-        """Register a Callback/Module, turning pluggy's argument check into advice."""
+    def register_carrier(self, obj: Any, what: str) -> Any:
+        """Register a Callback/Module/DataModule and return what was registered: the object
+        itself, or an ``AdaptedCarrier`` when some hooks are written Lightning's way
+        (positional, any names) and need an adapter (see ``fulmen.plugins.hook_arguments``)."""
+        hooks = [name for name in sorted(_LIFECYCLE) if _is_carrier_hook(obj, name)]
+        registered, _ = hook_arguments.carrier_for_registration(obj, hooks, what)
         try:
-            self.register(obj, name=f"{what}:{type(obj).__qualname__}:{id(obj)}")
+            self.register(registered, name=f"{what}:{type(obj).__qualname__}:{id(obj)}")
+            return registered
         except pluggy.PluginValidationError as exc:
             raise FulmenUserCodeError(
                 f"{what} {type(obj).__qualname__} defines a hook with an argument fulmen does "
@@ -84,6 +86,14 @@ class FulmenPluginManager(pluggy.PluginManager):
 
 
 _LIFECYCLE = frozenset(hookspecs.LIFECYCLE_HOOKS)
+
+
+def _is_carrier_hook(plugin: Any, name: str) -> bool:
+    # Only hook names are looked at: touching every attribute of an nn.Module would run
+    # properties that may raise before the module is attached.
+    if name in _LIFECYCLE and name not in plugin._fulmen_direct_methods and _overridden(plugin, name):
+        return inspect.isroutine(getattr(plugin, name, None))
+    return False
 
 
 @dataclass

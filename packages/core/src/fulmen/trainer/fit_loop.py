@@ -80,8 +80,11 @@ def extract_loss(output: Any, automatic: bool) -> Optional[torch.Tensor]:
 
 
 def detached_outputs(output: Any) -> Any:
+    """What ``on_train_batch_end`` receives as ``outputs``: a bare loss becomes
+    ``{"loss": loss}``, as in Lightning, whose callbacks read ``outputs["loss"]`` whatever
+    ``training_step`` returned."""
     if isinstance(output, torch.Tensor):
-        return output.detach()
+        return {"loss": output.detach()}
     if isinstance(output, Mapping) and isinstance(output.get("loss"), torch.Tensor):
         return {**output, "loss": output["loss"].detach()}
     return output

@@ -44,10 +44,11 @@ class HookRelay:
         for obj in ordered:
             what = "callback" if obj in callbacks else "datamodule" if obj is datamodule else "module"
             if isinstance(obj, HookCarrier):
-                self._pm.register_carrier(obj, what)
+                registered = self._pm.register_carrier(obj, what)
             else:
+                registered = obj
                 self._pm.register(obj, name=f"{what}:{type(obj).__qualname__}:{id(obj)}")
-            self._attached.append(obj)
+            self._attached.append(registered)
         self._refresh()
 
     def detach(self) -> None:

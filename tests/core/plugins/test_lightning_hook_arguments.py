@@ -60,7 +60,8 @@ def test_lightning_style_callback_receives_the_real_arguments(tmp_path):
         assert "loss" in outputs and not outputs["loss"].requires_grad
         assert isinstance(batch, (list, tuple)) and batch[0].shape[0] == 8
     steps = [e for e in lightning_cb.seen if e[0] == "before_step"]
-    assert len(steps) == 3 and all(e[1] is module and isinstance(e[2], fulmen.fabric.wrappers.FabricOptimizer.__mro__[0]) or e[1] is module for e in steps)
+    assert len(steps) == 3
+    assert all(e[1] is module and hasattr(e[2], "param_groups") for e in steps)
     assert [e[1:] for e in lightning_cb.seen if e[0] == "val_batch_end"] == [(0, 0), (1, 0)]
     epoch_ends = [e for e in lightning_cb.seen if e[0] == "epoch_end"]
     assert len(epoch_ends) == 1 and epoch_ends[0][1:] == (trainer, module)  # *args get everything

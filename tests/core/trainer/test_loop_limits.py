@@ -12,7 +12,7 @@ from helpers import BoringModule, StreamDataset, loader, quiet_trainer
 from torch.utils.data import DataLoader, IterableDataset
 
 import fulmen
-from fulmen.errors import FulmenConfigError
+from fulmen.errors import FulmenConfigError, FulmenWarning
 
 
 class Counter(fulmen.Callback):
@@ -406,9 +406,14 @@ def test_iterable_dataset_with_a_batch_count_limit_has_epochs(tmp_path):
     assert counter.val_runs == [3, 6]
 
 
-def test_iterable_dataset_without_max_steps_is_a_clear_error(tmp_path):
-    with pytest.raises(FulmenConfigError, match="max_steps"):
-        run_fit(tmp_path, train=DataLoader(StreamDataset(), batch_size=4))
+def test_iterable_dataset_without_a_step_limit_ends_each_epoch_when_the_data_does(tmp_path):
+    """Lightning's rule (RL on an IterableDataset): no max_steps needed; a warning says that
+    an endless stream would need one."""
+    with pytest.warns(FulmenWarning, match="ends when its iterator is exhausted"):
+        trainer, counter = run_fit(tmp_path, train=DataLoader(FiniteStream(), batch_size=2), max_epochs=2)
+    assert counter.epochs == [0, 1]
+    assert [b for _, b in counter.train_batches] == [0, 1, 0, 1]
+    assert trainer.global_step == 4 and trainer.current_epoch == 2
 
 
 def test_iterable_fraction_limit_is_a_clear_error(tmp_path):
@@ -433,3 +438,50 @@ def test_finite_iterable_dataset_ends_its_epoch_and_validates(tmp_path):
     assert counter.epochs == [0, 1, 2]
     assert trainer.global_step == 6 and trainer.current_epoch == 3
     assert counter.val_runs == [2, 4, 6]
+
+
+# --------------------------------------------------------------------------- positional DataModule
+
+
+class _Data(fulmen.DataModule):
+    def __init__(self):
+        super().__init__()
+        self.asked = []
+
+    def train_dataloader(self):
+        self.asked.append("train")
+        return loader(16)
+
+    def val_dataloader(self):
+        self.asked.append("val")
+        return loader(8)
+
+    def test_dataloader(self):
+        self.asked.append("test")
+        return loader(8)
+
+    def predict_dataloader(self):
+        self.asked.append("predict")
+        return loader(8)
+
+
+def test_a_datamodule_given_where_the_dataloaders_go_is_used_as_datamodule(tmp_path):
+    """``trainer.fit(model, dm)``, ``trainer.test(model, dm)``: Lightning's positional forms."""
+    data = _Data()
+    trainer = quiet_trainer(tmp_path, logger=False, enable_checkpointing=False, num_sanity_val_steps=0, max_epochs=1)
+    model = BoringModule()
+    trainer.fit(model, data)
+    assert data.asked == ["train", "val"] and trainer.global_step == 2
+    assert trainer.datamodule is data
+    trainer.validate(model, data)
+    trainer.test(model, data)
+    predictions = trainer.predict(model, data)
+    assert data.asked[2:] == ["val", "test", "predict"] and len(predictions) == 1
+
+
+def test_a_datamodule_given_twice_is_refused(tmp_path):
+    data = _Data()
+    trainer = quiet_trainer(tmp_path, logger=False, enable_checkpointing=False, max_epochs=1)
+    with pytest.raises(FulmenConfigError, match="both as train_dataloaders and as datamodule="):
+        trainer.fit(BoringModule(), data, datamodule=_Data())
+    assert data.asked == []

@@ -23,6 +23,21 @@ def as_loader_list(value: Any) -> List[Any]:
     return [value]
 
 
+def datamodule_in_place_of_loaders(loaders: Any, datamodule: Any, argument: str):
+    """``fit(model, dm)``: Lightning reads a DataModule given where the dataloaders go as
+    ``datamodule=``, and so does fulmen; both at once would leave one unused, so it is refused.
+    Returns ``(loaders, datamodule)``."""
+    from fulmen.datamodule import DataModule
+
+    if not isinstance(loaders, DataModule):
+        return loaders, datamodule
+    if datamodule is not None:
+        raise FulmenConfigError(
+            f"a DataModule was given both as {argument} and as datamodule=; pass it once, as datamodule="
+        )
+    return None, loaders
+
+
 def find_loaders(kind: str, explicit: Any, datamodule: Any, module: Any) -> List[Any]:
     """``explicit`` argument first, then the DataModule's, then the Module's method."""
     if explicit is not None:

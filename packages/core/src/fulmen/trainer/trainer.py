@@ -217,6 +217,7 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
         """Train ``model``. Data comes from the dataloaders given, a ``datamodule`` or the
         module's own ``*_dataloader()`` methods. ``ckpt_path`` resumes exactly where a
         checkpoint left off: a path, ``"last"`` (the newest good one) or ``"best"``."""
+        train_dataloaders, datamodule = data_utils.datamodule_in_place_of_loaders(train_dataloaders, datamodule, "train_dataloaders")
         if self._spawns():
             return spawn.run(self, "fit", model, dict(train_dataloaders=train_dataloaders, val_dataloaders=val_dataloaders, datamodule=datamodule, ckpt_path=ckpt_path))
         self._resume_from = ckpt_path
@@ -224,18 +225,21 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
 
     def validate(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = True, datamodule=None):
         """Run the validation loop once; returns one dict of logged metrics per dataloader."""
+        dataloaders, datamodule = data_utils.datamodule_in_place_of_loaders(dataloaders, datamodule, "dataloaders")
         if self._spawns():
             return spawn.run(self, "validate", model, dict(dataloaders=dataloaders, ckpt_path=ckpt_path, verbose=verbose, datamodule=datamodule))
         return self._run("validate", model, datamodule, lambda: self._evaluate("validate", dataloaders, ckpt_path, verbose))
 
     def test(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = True, datamodule=None):
         """Run the test loop once; returns one dict of logged metrics per dataloader."""
+        dataloaders, datamodule = data_utils.datamodule_in_place_of_loaders(dataloaders, datamodule, "dataloaders")
         if self._spawns():
             return spawn.run(self, "test", model, dict(dataloaders=dataloaders, ckpt_path=ckpt_path, verbose=verbose, datamodule=datamodule))
         return self._run("test", model, datamodule, lambda: self._evaluate("test", dataloaders, ckpt_path, verbose))
 
     def predict(self, model=None, dataloaders=None, datamodule=None, ckpt_path=None):
         """Run ``predict_step`` over the data; returns its outputs (a list per dataloader when several)."""
+        dataloaders, datamodule = data_utils.datamodule_in_place_of_loaders(dataloaders, datamodule, "dataloaders")
         if self._spawns():
             return spawn.run(self, "predict", model, dict(dataloaders=dataloaders, datamodule=datamodule, ckpt_path=ckpt_path))
         return self._run("predict", model, datamodule, lambda: self._evaluate("predict", dataloaders, ckpt_path, False))
@@ -365,9 +369,14 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
         count = data_utils.num_batches(loader, self.limit_train_batches, "train")
         data_utils.check_not_empty(loader, count, "train", self.limit_train_batches)
         if count == data_utils.INF and (self.max_steps is None or self.max_steps < 0) and self._max_time_callback() is None:
-            raise FulmenConfigError(
-                "the training dataloader has no length (an iterable dataset), so epochs never end; "
-                "set max_steps= (or max_time=, or limit_train_batches= as a batch count)"
+            # Lightning's rule: an epoch of unsized data ends when its iterator is exhausted
+            # (RL buffers, streams that end). Only an endless stream never ends, so say so.
+            warnings.warn(
+                "the training dataloader has no length (an iterable dataset): each epoch ends when "
+                "its iterator is exhausted, and an endless stream never ends; for one, set max_steps= "
+                "(or max_time=, or limit_train_batches= as a batch count)",
+                FulmenWarning,
+                stacklevel=3,
             )
         self.num_training_batches = count
         interval = self.val_check_interval

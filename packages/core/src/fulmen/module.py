@@ -204,9 +204,16 @@ class Module(HookCarrier, nn.Module):
             self.log(name, value, **kwargs)
 
     # ------------------------------------------------------------------ optimization
-    def optimizers(self):
-        """The optimizer(s) from ``configure_optimizers``, wrapped to run through the strategy."""
+    def optimizers(self, use_pl_optimizer: bool = True):
+        """The optimizer(s) from ``configure_optimizers``, wrapped to run through the strategy
+        (Lightning's ``LightningOptimizer`` methods: ``step(closure)``, ``zero_grad()``,
+        ``toggle_model()``); ``use_pl_optimizer=False`` gives the torch optimizers themselves."""
         optimizers = self.trainer.optimizers
+        if use_pl_optimizer:
+            for optimizer in optimizers:
+                optimizer._owner = self
+        else:
+            optimizers = [getattr(optimizer, "optimizer", optimizer) for optimizer in optimizers]
         return optimizers[0] if len(optimizers) == 1 else optimizers
 
     def lr_schedulers(self):

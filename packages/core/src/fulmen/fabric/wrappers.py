@@ -4,11 +4,13 @@ strategy, so a Fabric script reads like plain PyTorch but runs under any precisi
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
 
+from fulmen.errors import FulmenConfigError
 from fulmen.precision.base import Precision
 
 # The base precision's no-op hooks; a precision that keeps both needs no work in forward.
@@ -68,12 +70,22 @@ class FabricOptimizer:
         # Called after every real step; the Trainer counts steps here in manual optimization.
         self._after_step: List[Callable[[], None]] = []
         self._before_step: List[Callable[[torch.optim.Optimizer], None]] = []
+        # The Module whose self.optimizers() handed this out, for toggle_model (Lightning's
+        # LightningOptimizer knows its module the same way).
+        self._owner: Any = None
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
         return self._optimizer
 
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+    def step(self, closure: Optional[Callable[[], Any]] = None, **kwargs: Any) -> Any:
+        """Step through the strategy; ``closure`` (re)computes the loss and gradients, as
+        ``torch.optim.Optimizer.step(closure)`` expects, and its value is returned."""
+        if kwargs:
+            raise FulmenConfigError(
+                f"optimizer.step() got {sorted(kwargs)}: fulmen steps through the strategy, which "
+                "passes only a closure; compute what those arguments carry inside the closure"
+            )
         for hook in self._before_step:
             hook(self._optimizer)
         result = self._strategy.optimizer_step(self._optimizer, closure)
@@ -83,6 +95,28 @@ class FabricOptimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self._optimizer.zero_grad(set_to_none=set_to_none)
+
+    @contextlib.contextmanager
+    def toggle_model(self, sync_grad: bool = True) -> Iterator[None]:
+        """Train only this optimizer's parameters inside the block (GANs: the generator's
+        step must not touch the discriminator), and with ``sync_grad=False`` skip the
+        gradient all-reduce of backward passes that accumulate before a step."""
+        owner = self._owner
+        if owner is None:
+            raise FulmenConfigError(
+                "toggle_model() needs the optimizer a Module's self.optimizers() returns; with "
+                "Fabric, set requires_grad yourself and use fabric.no_backward_sync(model)"
+            )
+        owner.toggle_optimizer(self)
+        try:
+            if sync_grad:
+                yield
+            else:
+                trainer = owner.trainer
+                with trainer.fabric.no_backward_sync(trainer._forward_module, enabled=True):
+                    yield
+        finally:
+            owner.untoggle_optimizer(self)
 
     def state_dict(self):
         return self._strategy.optimizer_state_dict(self._optimizer)

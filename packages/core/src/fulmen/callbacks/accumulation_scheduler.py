@@ -86,6 +86,7 @@ class GradientAccumulationScheduler(Callback):
             )
 
     def on_train_epoch_start(self, trainer) -> None:
+        """Set the epoch's accumulation before its first batch: the fit loop reads it after this hook."""
         trainer.accumulate_grad_batches = self.get_accumulate_grad_batches(trainer.current_epoch)
 
     def teardown(self, trainer, stage) -> None:

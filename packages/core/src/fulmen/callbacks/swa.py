@@ -137,6 +137,8 @@ class StochasticWeightAveraging(Callback):
 
     @staticmethod
     def pl_module_contains_batch_norm(pl_module: nn.Module) -> bool:
+        """Whether batch-norm statistics must be recomputed for the averaged weights
+        (Lightning's name, kept for subclasses that override it)."""
         return any(isinstance(m, _BatchNorm) for m in pl_module.modules())
 
     # ------------------------------------------------------------------ hooks
@@ -175,6 +177,8 @@ class StochasticWeightAveraging(Callback):
         self._model_contains_batch_norm = self.pl_module_contains_batch_norm(module)
 
     def on_train_epoch_start(self, trainer, module) -> None:
+        """Average at the start of each epoch in the window, so the epoch just finished counts
+        (Lightning's timing), and switch to the SWA learning rate when the window opens."""
         epoch = trainer.current_epoch
         if not self.swa_start <= epoch <= self.swa_end:
             return

@@ -169,8 +169,7 @@ _same(_CALLBACKS, "fulmen.callbacks", [
 ])
 _same(_CALLBACKS, "fulmen.callbacks", [
     "BaseFinetuning", "BackboneFinetuning", "StochasticWeightAveraging", "GradientAccumulationScheduler",
-], pending=True, advice="being added to fulmen.callbacks; until then keep Lightning installed for this "
-                        "line or write the schedule in a fulmen.Callback")
+])
 _renamed(_CALLBACKS, {"TQDMProgressBar": ("fulmen.callbacks", "ProgressBar")})
 _none(_CALLBACKS, ["RichProgressBar"], "fulmen's progress bar is tqdm-based: use fulmen.callbacks.ProgressBar")
 _none(_CALLBACKS, ["RichModelSummary"], "use fulmen.callbacks.ModelSummary (plain-text table)")
@@ -259,22 +258,18 @@ _none("lightning.pytorch.plugins", ["TorchSyncBatchNorm", "LayerSync"],
 
 # -- profilers (being added) ------------------------------------------------------------
 _same("lightning.pytorch.profilers", "fulmen.profilers",
-      ["Profiler", "SimpleProfiler", "AdvancedProfiler", "PyTorchProfiler", "PassThroughProfiler"],
-      pending=True, advice="fulmen.profilers is being added; until then drop the profiler= argument")
+      ["Profiler", "SimpleProfiler", "AdvancedProfiler", "PyTorchProfiler", "PassThroughProfiler"])
 _none("lightning.pytorch.profilers", ["XLAProfiler"], _XLA)
 
 # -- utilities --------------------------------------------------------------------------
 for _utilities in _both(".utilities"):
-    _same(_utilities, "fulmen.utilities", ["rank_zero_only", "rank_zero_info", "rank_zero_warn"], pending=True,
-          advice="being added to fulmen.utilities; until then guard the call with "
-                 "`if trainer.is_global_zero:` (or fabric.is_global_zero)")
+    _same(_utilities, "fulmen.utilities", ["rank_zero_only", "rank_zero_info", "rank_zero_warn",
+                                           "rank_zero_debug", "rank_zero_deprecation"])
     _renamed(_utilities, {
         "seed_everything": ("fulmen", "seed_everything"),
         "move_data_to_device": ("fulmen.utilities.apply", "move_data_to_device"),
         "AttributeDict": ("fulmen.utilities.hparams", "AttributeDict"),
     })
-    _none(_utilities, ["rank_zero_debug", "rank_zero_deprecation"],
-          "use rank_zero_info or rank_zero_warn, or logging under `if trainer.is_global_zero:`")
     _none(_utilities, ["measure_flops"], "use torch.utils.flop_counter.FlopCounterMode directly")
     _none(_utilities, ["suggested_max_num_workers"], "choose num_workers yourself (os.cpu_count() per device)")
     _none(_utilities, ["disable_possible_user_warnings"], "filter the warnings with warnings.filterwarnings")
@@ -283,8 +278,9 @@ for _utilities in _both(".utilities"):
           "containers; for other types keep lightning_utilities.apply_to_collection")
     _none(_utilities, ["isolate_rng"],
           "use torch.random.fork_rng() (and save/restore Python's random state yourself)")
-_same("lightning.pytorch.utilities", "fulmen.utilities", ["is_overridden", "cli_lightning_logo"], pending=True,
-      advice="being added to fulmen.utilities; until then keep Lightning installed for this line")
+_same("lightning.pytorch.utilities", "fulmen.utilities", ["is_overridden"])
+# Lightning defines its banner at the top of the package (lightning/pytorch/__init__.py).
+_same("lightning.pytorch", "fulmen.utilities", ["cli_lightning_logo"])
 _none("lightning.pytorch.utilities", ["grad_norm"],
       "compute the norms with torch.linalg.vector_norm over p.grad in on_before_optimizer_step")
 _none("lightning.pytorch.utilities", ["CombinedLoader"],

@@ -281,6 +281,7 @@ for _utilities in _both(".utilities"):
 _same("lightning.pytorch.utilities", "fulmen.utilities", ["is_overridden"])
 # Lightning defines its banner at the top of the package (lightning/pytorch/__init__.py).
 _same("lightning.pytorch", "fulmen.utilities", ["cli_lightning_logo"])
+_renamed("lightning.pytorch", {"LIGHTNING_LOGO": ("fulmen.utilities.banner", "FULMEN_LOGO")})
 _none("lightning.pytorch.utilities", ["grad_norm"],
       "compute the norms with torch.linalg.vector_norm over p.grad in on_before_optimizer_step")
 _none("lightning.pytorch.utilities", ["CombinedLoader"],

@@ -78,7 +78,8 @@ class _Order(fulmen.Callback):
         self.calls = calls
 
     def on_train_batch_end(self, trainer, outputs, batch_idx):
-        self.calls.append((self.name, batch_idx, float(outputs)))
+        # A bare loss from training_step arrives as {"loss": ...}, as in Lightning.
+        self.calls.append((self.name, batch_idx, float(outputs["loss"])))
 
 
 def test_hook_monitoring_still_sees_every_call(tmp_path):

@@ -78,7 +78,7 @@ def test_float_start_and_cosine_annealing_replace_the_users_scheduler(tmp_path):
     swa = StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=0.5, annealing_epochs=2)
     trainer, _ = _fit(tmp_path, [swa, snapshots], max_epochs=6, model=BatchNormModule(scheduler=True))
     assert swa.swa_start == 2  # int(6 * 0.5) = 3, counted from 1
-    assert type(trainer.lr_scheduler_configs[0].scheduler).__name__ == "SWALR"
+    assert isinstance(trainer.lr_scheduler_configs[0].scheduler, torch.optim.swa_utils.SWALR)
     # StepLR halves 0.05 per epoch until SWA starts; SWALR then anneals (cos) to 0.01 in 2 epochs.
     lr2 = 0.0125  # StepLR stepped twice; SWALR's construction keeps the lr
     lr3 = 0.01 * 0.5 + lr2 * 0.5  # halfway along the cosine

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from torch.optim.swa_utils import SWALR
+
 from fulmen.callbacks.base import Callback
 from fulmen.errors import FulmenConfigError, FulmenWarning
 
@@ -199,8 +201,6 @@ class StochasticWeightAveraging(Callback):
     # ------------------------------------------------------------------ the work
     def _install_scheduler(self, trainer) -> None:
         """Swap the Trainer's LR scheduler (if any) for SWALR, an epoch-interval scheduler."""
-        from torch.optim.swa_utils import SWALR
-
         from fulmen.trainer.optim import SchedulerConfig
 
         optimizer = trainer.optimizers[0].optimizer
@@ -211,7 +211,7 @@ class StochasticWeightAveraging(Callback):
                 f"StochasticWeightAveraging(swa_lrs=...) has {len(lrs)} learning rates but the optimizer has "
                 f"{groups} parameter groups; give one per group or a single float"
             )
-        self._swa_scheduler = SWALR(
+        self._swa_scheduler = _PlainStateSWALR(
             optimizer, swa_lr=lrs, anneal_epochs=self._annealing_epochs, anneal_strategy=self._annealing_strategy
         )
         config = SchedulerConfig(self._swa_scheduler)
@@ -286,3 +286,14 @@ class StochasticWeightAveraging(Callback):
             return
         if state.get("scheduler_installed") and self._swa_scheduler is None:
             self._install_scheduler(trainer)
+
+
+class _PlainStateSWALR(SWALR):
+    """SWALR whose state is plain data. On torch < 2.10 its state includes ``anneal_func``, a
+    bound method, which fulmen's ``weights_only`` checkpoint loading rightly refuses; the
+    constructor rebuilds it from ``anneal_strategy``, so it need not be saved."""
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        state.pop("anneal_func", None)
+        return state

@@ -1,5 +1,7 @@
-"""``fulmen`` command line: ``fulmen plugins [--json]``, ``fulmen migrate PATH...``, plus the subcommands plugins add
-through the ``register_cli_commands`` hook (for example ``fulmen loggers replay DIR``)."""
+"""``fulmen`` command line: ``fulmen plugins [--json]``, ``fulmen migrate PATH...``, the training
+subcommands ``fit``/``validate``/``test``/``predict`` (``fulmen.cli.subcommands``, which need
+``fulmen[cli]``), plus the subcommands plugins add through the ``register_cli_commands`` hook
+(for example ``fulmen loggers replay DIR``)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,13 @@ import sys
 from typing import List, Optional
 
 from fulmen.plugins import discovery
+
+STAGE_COMMANDS = {
+    "fit": "train a Module from a config file and/or --model/--data/--trainer.* options (fulmen[cli])",
+    "validate": "run the validation loop once (fulmen[cli])",
+    "test": "run the test loop once (fulmen[cli])",
+    "predict": "run predict_step over the data (fulmen[cli])",
+}
 
 
 def _plugin_rows():
@@ -124,8 +133,17 @@ def _add_plugin_commands(sub) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in STAGE_COMMANDS:
+        # Handed over before argparse and before plugin discovery: the training commands
+        # have their own typed parser, and `fulmen fit --help` must not load every plugin.
+        from fulmen.cli.subcommands import run_stage_command
+
+        return run_stage_command(argv)
     parser = argparse.ArgumentParser(prog="fulmen", description="fulmen training framework tools")
     sub = parser.add_subparsers(dest="command")
+    for stage, text in STAGE_COMMANDS.items():
+        sub.add_parser(stage, help=text, add_help=False)  # listed here, parsed by fulmen.cli.subcommands
     plugins = sub.add_parser("plugins", help="list discovered plugins, what they register and their status")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.add_argument("--check", action="store_true",

@@ -36,6 +36,7 @@ from fulmen_fsdp.wrapping import (
     has_meta_tensors,
     materialize_meta_tensors,
     policy_predicate,
+    resolve_policy,
     select_modules,
 )
 
@@ -74,10 +75,12 @@ class FSDPStrategy(DDPStrategy):
 
     Args:
         auto_wrap_policy: which submodules become their own shard unit (all-gathered for
-            their forward/backward only): module classes, class names, or a callable
-            ``module -> bool``. ``None``: only the root (the whole model is one unit).
+            their forward/backward only): module classes, class names (checked against the
+            model), or a callable ``module -> bool``. ``"auto"`` (default): the classes the
+            model lists in ``_no_split_modules`` (a ``transformers`` model's blocks), else
+            only the root. ``None``: only the root (the whole model is one unit).
         activation_checkpointing_policy: modules whose activations are recomputed in
-            backward instead of kept (same forms as ``auto_wrap_policy``).
+            backward instead of kept (same forms as ``auto_wrap_policy``; default none).
         compile: ``True`` or a dict of ``torch.compile`` options: compile each shard unit
             (each selected block) before sharding. Needs ``auto_wrap_policy``.
         reshard_after_forward: free gathered parameters after each unit's forward (``True``,
@@ -111,7 +114,7 @@ class FSDPStrategy(DDPStrategy):
         cluster_environment=None,
         parallel_devices: Optional[List[torch.device]] = None,
         *,
-        auto_wrap_policy: Policy = None,
+        auto_wrap_policy: Policy = "auto",
         activation_checkpointing_policy: Policy = None,
         compile: Union[bool, Mapping[str, Any]] = False,
         reshard_after_forward: Union[bool, int] = True,
@@ -322,8 +325,10 @@ class FSDPStrategy(DDPStrategy):
         meta = has_meta_tensors(module)
         before = [(p, name) for name, p in module.named_parameters(remove_duplicate=False)]
 
-        units = select_modules(module, self._unit_predicate)
-        apply_activation_checkpointing(select_modules(module, self._checkpoint_predicate))
+        # Resolved against this model: "auto" reads its _no_split_modules, names are checked.
+        units = select_modules(module, resolve_policy(module, self.auto_wrap_policy, "auto_wrap_policy"))
+        checkpointed = resolve_policy(module, self.activation_checkpointing_policy, "activation_checkpointing_policy")
+        apply_activation_checkpointing(select_modules(module, checkpointed))
         if self.compile_options is not None:
             if not units:
                 raise FulmenConfigError(
@@ -350,7 +355,9 @@ class FSDPStrategy(DDPStrategy):
         if meta:
             device = torch.device("cpu") if offload is not None else self.root_device
             missing = materialize_meta_tensors(module, device)
-            if missing and self.is_global_zero:
+            # Weights announced with fulmen.finetune.load_pretrained arrive after setup.
+            deferred = any(getattr(m, "_fulmen_pretrained", None) for m in module.modules())
+            if missing and self.is_global_zero and not deferred:
                 warnings.warn(
                     f"modules created on the meta device without a reset_parameters() method hold "
                     f"uninitialised memory: {', '.join(missing[:10])}. Define reset_parameters() on them, or "

@@ -6,75 +6,20 @@ Nothing here talks to other processes; ``FSDPStrategy.setup_module`` puts the pi
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, List, Optional, Type, Union
+from typing import List
 
 import torch
 from torch import nn
 
-from fulmen.errors import FulmenConfigError
-
-Policy = Union[None, Type[nn.Module], str, Iterable[Union[Type[nn.Module], str]], Callable[[nn.Module], bool]]
-
-
-def policy_predicate(policy: Policy, option: str) -> Optional[Callable[[nn.Module], bool]]:
-    """``policy`` (classes, class names, or a callable ``module -> bool``) as a predicate."""
-    if policy is None or policy is False:
-        return None
-    if isinstance(policy, (type, str)):
-        policy = {policy}
-    if isinstance(policy, (set, frozenset, list, tuple)):
-        classes = tuple(p for p in policy if isinstance(p, type))
-        names = {p for p in policy if isinstance(p, str)}
-        bad = [p for p in policy if not isinstance(p, (type, str))]
-        if bad or any(not issubclass(c, nn.Module) for c in classes):
-            raise FulmenConfigError(
-                f"{option}={policy!r}: give nn.Module classes (or their names), or a callable "
-                "that takes a module and returns True for the ones to select"
-            )
-        return lambda module: isinstance(module, classes) or type(module).__name__ in names or any(
-            c.__name__ in names for c in type(module).__mro__
-        )
-    if callable(policy):
-        return policy
-    raise FulmenConfigError(f"{option}={policy!r} is not a class, a set of classes or a callable")
-
-
-def select_modules(root: nn.Module, predicate: Optional[Callable[[nn.Module], bool]]) -> List[nn.Module]:
-    """The submodules of ``root`` (not ``root`` itself) that ``predicate`` selects, in module order."""
-    if predicate is None:
-        return []
-    return [m for m in root.modules() if m is not root and predicate(m)]
-
-
-_CHECKPOINTED: Dict[type, type] = {}
-
-
-def _checkpointed_class(cls: type) -> type:
-    """A subclass whose ``forward`` recomputes its activations in backward.
-
-    Swapping the class (as FSDP2 itself does) instead of wrapping the module keeps the
-    parameter names, so checkpoints stay interchangeable with runs without checkpointing."""
-    if cls not in _CHECKPOINTED:
-        from torch.utils.checkpoint import checkpoint
-
-        def forward(self, *args, **kwargs):
-            return checkpoint(super(subclass, self).forward, *args, use_reentrant=False, **kwargs)
-
-        subclass = type(f"Checkpointed{cls.__name__}", (cls,), {"forward": forward, "_fulmen_activation_checkpointing": True})
-        subclass.__module__ = cls.__module__
-        _CHECKPOINTED[cls] = subclass
-    return _CHECKPOINTED[cls]
-
-
-def apply_activation_checkpointing(modules: Iterable[nn.Module]) -> int:
-    """Make each of ``modules`` recompute its activations in backward; returns how many were
-    changed (modules already checkpointed are left alone)."""
-    count = 0
-    for module in modules:
-        if not getattr(module, "_fulmen_activation_checkpointing", False):
-            module.__class__ = _checkpointed_class(type(module))
-            count += 1
-    return count
+# Layer selection by class and activation checkpointing live in the core (single-device and
+# DDP fine-tuning use them too); they are re-exported here for the strategy and older imports.
+from fulmen.finetune.policies import (  # noqa: E402,F401
+    Policy,
+    apply_activation_checkpointing,
+    policy_predicate,
+    resolve_policy,
+    select_modules,
+)
 
 
 def _direct_tensors(module: nn.Module):

@@ -89,6 +89,7 @@ def register_callbacks(register):
     register("on_exception_checkpoint", _lazy("fulmen.callbacks.on_exception_checkpoint:OnExceptionCheckpoint"), "save a checkpoint when training raises")
     register("backbone_finetuning", _lazy("fulmen.callbacks.finetuning:BackboneFinetuning"), "train module.backbone frozen, then unfrozen into its own param group")
     register("stochastic_weight_averaging", _lazy("fulmen.callbacks.swa:StochasticWeightAveraging"), "average the weights of the last epochs (SWA)")
+    register("ema_weight_averaging", _lazy("fulmen.callbacks.ema:EMAWeightAveraging"), "exponential moving average of the weights, used for validation and checkpoints")
     register("gradient_accumulation_scheduler", _lazy("fulmen.callbacks.accumulation_scheduler:GradientAccumulationScheduler"), "change accumulate_grad_batches by epoch")
 
 

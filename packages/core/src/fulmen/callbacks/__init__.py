@@ -13,6 +13,7 @@ _LAZY = {
     "BackboneFinetuning": "fulmen.callbacks.finetuning",
     "StochasticWeightAveraging": "fulmen.callbacks.swa",
     "GradientAccumulationScheduler": "fulmen.callbacks.accumulation_scheduler",
+    "EMAWeightAveraging": "fulmen.callbacks.ema",
 }
 
 
@@ -31,6 +32,7 @@ __all__ = [
     "BackboneFinetuning",
     "BaseFinetuning",
     "Callback",
+    "EMAWeightAveraging",
     "EarlyStopping",
     "GradientAccumulationScheduler",
     "LearningRateMonitor",

@@ -24,6 +24,8 @@ _EXPORTS = {
     "trainable_state_dict": "fulmen.finetune.trainable_checkpoint",
     "checkpoint_weights": "fulmen.finetune.export",
     "export_pretrained": "fulmen.finetune.export",
+    "layer_decay_param_groups": "fulmen.finetune.param_groups",
+    "unfreeze_with_layer_decay": "fulmen.finetune.param_groups",
 }
 
 __all__ = sorted(_EXPORTS)

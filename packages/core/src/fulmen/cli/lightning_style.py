@@ -145,7 +145,8 @@ class CLI:
         try:
             config = self.parser.parse_args(arguments.ordered(split, first))
         except Exception as exc:  # jsonargparse's ArgumentError (and TypeError from a bad class)
-            raise explain_parse_error(str(exc), self._schema) from None
+            error = explain_parse_error(str(exc), self._schema)
+            raise FulmenCLIError(str(error).replace(" (the command line or a config file)", self._source_of(str(error)))) from None
         for key in ("print_config", "config"):
             if key in config:
                 del config[key]
@@ -185,15 +186,39 @@ class CLI:
 
             untyped_parameters("data", self.datamodule_class)
         self._class_paths: Dict[str, str] = {}
+        self._sources: List[tuple] = []
         layers = []
         for config in split.configs:
             layer, source = arguments.load_config(config)
             check_layer(layer, self._schema, source, self._class_paths)
             layers.append(layer)
+            self._sources.append((layer, source))
         options = arguments.option_layer(split.options)
         check_layer(options, self._schema, "on the command line", self._class_paths)
         layers.append(options)
+        self._sources.append((options, "on the command line"))
         return layers
+
+    def _source_of(self, message: str) -> str:
+        """Where the key a parse error names was last set: `` (in run.yaml)``."""
+        import re
+
+        found = re.match(r"'([^']+)'", message)
+        given = re.search(r"got '(.*)' \(", message)
+        parts = [p for p in (found.group(1).split(".") if found else []) if p != "init_args"]
+        for layer, source in reversed(self._sources):
+            node: Any = layer
+            for part in parts:
+                if isinstance(node, dict) and isinstance(node.get("init_args"), dict) and part in node["init_args"]:
+                    node = node["init_args"][part]
+                elif isinstance(node, dict) and part in node:
+                    node = node[part]
+                else:
+                    break
+            else:
+                if parts and (given is None or str(node) == given.group(1)):
+                    return f" ({source})"
+        return ""
 
     def _checkpoint_layer(self, layers: List[Dict[str, Any]]) -> List[str]:
         """The checkpoint's hyperparameters as the first config: above the defaults, below

@@ -76,4 +76,4 @@ def check_registry_names(trainer_config: Dict[str, Any], allow=None, deny=None) 
         except FulmenConfigError as exc:
             close = difflib.get_close_matches(name, registry.names(kind), n=1)
             hint = f" Closest registered {kind}: {close[0]!r}." if close else ""
-            raise FulmenCLIError(f"'trainer.{key}': {exc}{hint} (fulmen plugins lists every name.)") from None
+            raise FulmenCLIError(f"'trainer.{key}': {exc}{hint} `fulmen plugins` lists every name. Nothing was run.") from None

@@ -565,7 +565,15 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
         checksum); ``weights_only`` leaves out what only a resume needs. Call it on every rank."""
         if self.module is None:
             raise FulmenConfigError("save_checkpoint needs a model; call fit/validate first")
-        checkpoint = ckpt.dump_checkpoint(self, weights_only=weights_only)
+        relay = self._relay
+        between_stages = not relay._attached  # after fit: on_save_checkpoint still reaches callbacks
+        if between_stages:
+            relay.attach(self.module, self.datamodule, self.callbacks)
+        try:
+            checkpoint = ckpt.dump_checkpoint(self, weights_only=weights_only)
+        finally:
+            if between_stages:
+                relay.detach()
         self.strategy.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
         self.strategy.barrier("save_checkpoint")
 

@@ -54,7 +54,8 @@ class CheckpointIO:
 
 class TorchCheckpointIO(CheckpointIO):
     """``torch.save`` through an atomic, fsynced rename with a SHA-256 footer;
-    ``torch.load(weights_only=True)`` after the footer was checked.
+    ``torch.load(weights_only=True)`` whose result is returned only once the footer's checksum
+    matched (checked by another thread during the load).
 
     ``safe_globals`` is the opt-in for files that hold your own classes: list them and they
     (and only they) may be rebuilt while loading. ``verify=False`` reads files that have no
@@ -83,8 +84,8 @@ class TorchCheckpointIO(CheckpointIO):
         atomic_write(path, write)
 
     def load_checkpoint(self, path: PathLike, map_location: Optional[Any] = None) -> Dict[str, Any]:
-        """Check the footer's checksum (unless ``verify=False``), then ``torch.load`` with
-        ``weights_only=True`` (allowing only ``safe_globals``). Truncated, corrupted or
+        """``torch.load`` with ``weights_only=True`` (allowing only ``safe_globals``), accepted
+        only if the footer's checksum matches (unless ``verify=False``). Truncated, corrupted or
         code-carrying files raise ``FulmenCheckpointError`` naming what is wrong and what to do;
         a directory (a sharded checkpoint) is refused with the way to consolidate it."""
         path = Path(path)
@@ -96,12 +97,14 @@ class TorchCheckpointIO(CheckpointIO):
                 "needs the strategy that wrote it (for example fulmen-strategy-fsdp), or convert it "
                 "into one file first: fulmen-fsdp consolidate DIR OUT.ckpt"
             )
-        if self.verify:
-            integrity.verify(path)
         allowed = torch.serialization.safe_globals(self.safe_globals) if self.safe_globals else contextlib.nullcontext()
-        try:
+
+        def load() -> Dict[str, Any]:
             with allowed:
                 return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+        try:
+            return integrity.verified_load(path, load) if self.verify else load()
         except pickle.UnpicklingError as exc:
             if not zipfile.is_zipfile(path):
                 # Not even an archive: random bytes, not a smuggled object.

@@ -73,3 +73,17 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class RecordStrategy(fulmen.Callback):
+    """Writes which strategy class the run got (its module and marker) to ``path`` as JSON."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_fit_start(self, trainer) -> None:
+        import json
+
+        strategy = type(trainer.strategy)
+        with open(self.path, "w") as handle:
+            json.dump({"module": strategy.__module__, "marker": getattr(strategy, "marker", None)}, handle)

@@ -1,0 +1,75 @@
+"""Every mistake stops ``fulmen fit`` before training, exit status 2, one paragraph, no traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from cli_helpers import run_fulmen
+
+MODEL = ["--model", "cli_toy.Regressor", "--data", "cli_toy.Points"]
+CASES = {
+    "unknown trainer key": (
+        [*MODEL, "--trainer.max_epoch", "2"],
+        ["unknown key 'trainer.max_epoch'", "on the command line", "'trainer.max_epochs' (Optional[int])"],
+    ),
+    "unknown model key": (
+        [*MODEL, "--model.hiden", "3"],
+        ["unknown key 'model.init_args.hiden'", "'model.init_args.hidden' (int)"],
+    ),
+    "wrong type": (
+        [*MODEL, "--trainer.max_epochs", "many"],
+        ["'trainer.max_epochs' expects Optional[int], got 'many'", "on the command line"],
+    ),
+    "untyped parameter": (
+        ["--model", "cli_toy.Untyped"],
+        ["'model.init_args.width' has no type annotation", "Untyped.__init__"],
+    ),
+    "unknown registry name": (
+        [*MODEL, "--trainer.strategy", "dpp"],
+        ["'trainer.strategy'", "unknown strategy 'dpp'", "Closest registered strategy: 'ddp'"],
+    ),
+    "key at the wrong level": (
+        [*MODEL, "--max_epochs", "2"],
+        ["unknown key 'max_epochs'", "'trainer.max_epochs'"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_mistake_is_named_before_anything_runs(tmp_path, case):
+    args, expected = CASES[case]
+    proc = run_fulmen("fit", *args, "--trainer.default_root_dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    message = proc.stderr.strip()
+    assert message.startswith("fulmen fit: error: ") and "\n" not in message
+    for part in expected:
+        assert part in message
+    assert "Nothing was run." in message
+    assert not (tmp_path / "runs").exists()  # no Trainer got as far as a log directory
+
+
+def test_mistakes_in_a_config_file_name_the_file(tmp_path):
+    (tmp_path / "run.yaml").write_text(
+        "trainer:\n  stratgy: ddp\nmodel:\n  class_path: cli_toy.Regressor\n"
+    )
+    proc = run_fulmen("fit", "--config", "run.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "unknown key 'trainer.stratgy' (in run.yaml)" in proc.stderr
+    assert "'trainer.strategy' (Union[str, Strategy])" in proc.stderr
+    (tmp_path / "types.yaml").write_text("model:\n  class_path: cli_toy.Regressor\n  init_args:\n    lr: fast\n")
+    proc = run_fulmen("fit", "--config", "types.yaml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "'model.init_args.lr' expects float, got 'fast' (in types.yaml)" in proc.stderr
+
+
+def test_in_a_script_the_errors_can_be_caught():
+    """``parser_kwargs={"exit_on_error": False}``: the same message as an exception."""
+    from cli_toy import Points, Regressor
+
+    from fulmen.cli import CLI, FulmenCLIError
+    from fulmen.errors import FulmenConfigError
+
+    with pytest.raises(FulmenCLIError, match=r"unknown key 'model.hiden'.*'model.hidden' \(int\)") as info:
+        CLI(Regressor, Points, args=["fit", "--model.hiden", "3"], parser_kwargs={"exit_on_error": False})
+    assert isinstance(info.value, FulmenConfigError)

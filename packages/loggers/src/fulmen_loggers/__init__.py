@@ -1,6 +1,7 @@
-"""MLflow, Weights & Biases and TensorBoard loggers for fulmen.
+"""MLflow, Weights & Biases, TensorBoard, ClearML and Comet loggers for fulmen.
 
-``Trainer(logger="mlflow")`` (or ``"wandb"``, ``"tensorboard"``, or the classes below) logs
+``Trainer(logger="mlflow")`` (or ``"wandb"``, ``"tensorboard"``, ``"clearml"``, ``"comet"``, or
+the classes below) logs
 metrics, hyperparameters and checkpoints without ever making a training step wait for the
 tracker: calls run on a background thread, and records the tracker could not take are kept
 in an append-only spool in the run directory until it can (``fulmen loggers replay DIR``
@@ -18,6 +19,8 @@ _LAZY = {
     "MLflowLogger": "fulmen_loggers.mlflow_logger",
     "WandbLogger": "fulmen_loggers.wandb_logger",
     "TensorBoardLogger": "fulmen_loggers.tensorboard_logger",
+    "ClearMLLogger": "fulmen_loggers.clearml_logger",
+    "CometLogger": "fulmen_loggers.comet_logger",
     "flatten_params": "fulmen_loggers._hyperparams",
 }
 

@@ -4,7 +4,7 @@ fulmen imports this module at the first Trainer/Fabric (and when the ``fulmen`` 
 starts), after checking this distribution's requirement on ``fulmen``. It stays import-light:
 the backend libraries are imported on the logger's delivery thread, when something is logged.
 
-The three names are registered whether or not their backend is installed, so that
+The names are registered whether or not their backend is installed, so that
 ``fulmen plugins`` can list a missing one as unavailable with the line that installs it, and
 ``Trainer(logger="mlflow")`` raises with that same line instead of "unknown logger".
 """
@@ -39,6 +39,20 @@ BACKENDS = {
         "fulmen_loggers.tensorboard_logger:TensorBoardLogger",
         "fulmen-loggers[tensorboard]",
         "TensorBoard event files under <root>/fulmen_logs/version_N, written off the training thread",
+    ),
+    "clearml": (
+        "clearml",
+        "ClearML",
+        "fulmen_loggers.clearml_logger:ClearMLLogger",
+        "fulmen-loggers[clearml]",
+        "ClearML task, on a server or offline (CLEARML_OFFLINE_MODE=1); never blocks, spools while unreachable",
+    ),
+    "comet": (
+        "comet_ml",
+        "Comet",
+        "fulmen_loggers.comet_logger:CometLogger",
+        "fulmen-loggers[comet]",
+        "Comet experiment, online or offline (COMET_API_KEY, online=False); never blocks, spools while unreachable",
     ),
 }
 
@@ -75,7 +89,7 @@ def _factory(name: str):
 
 @hookimpl
 def register_loggers(register):
-    """Register ``mlflow``, ``wandb`` and ``tensorboard`` as logger names, installed or not
+    """Register ``mlflow``, ``wandb``, ``tensorboard``, ``clearml`` and ``comet`` as logger names, installed or not
     (see the module docstring for why)."""
     for name, (_, _, _, _, description) in BACKENDS.items():
         register(name, _factory(name), description)

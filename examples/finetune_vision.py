@@ -184,14 +184,15 @@ def _loaders(classes: range, batch_size: int):
     return DataLoader(train, batch_size=batch_size, shuffle=True), DataLoader(val, batch_size=256)
 
 
-def pretrain(kind, directory: Path, root: Path, epochs: int, batch_size: int) -> float:
+def pretrain(kind, directory: Path, root: Path, epochs: int, batch_size: int) -> Tuple[float, nn.Module]:
+    """Train encoder + head on digits 0-4, save the encoder; its accuracy and the encoder."""
     fulmen.seed_everything(0)
     module = DigitsClassifier(kind.build(), kind.features, lr=3e-3)
     train, val = _loaders(range(0, 5), batch_size)
     trainer = _trainer(root / "pretrain", epochs)
     trainer.fit(module, train, val)
     kind.save(module.backbone, directory)
-    return float(trainer.callback_metrics["val_acc"])
+    return float(trainer.callback_metrics["val_acc"]), module.backbone
 
 
 def finetune(kind, directory: Path, root: Path, epochs: int, batch_size: int, full: bool, lr: float,
@@ -234,7 +235,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.root or tmp)
         directory = root / "pretrained"
-        pretrain_acc = pretrain(kind, directory, root, args.pretrain_epochs, args.batch_size)
+        pretrain_acc, _ = pretrain(kind, directory, root, args.pretrain_epochs, args.batch_size)
         print(f"pretrained on digits 0-4: val accuracy {pretrain_acc:.3f}; saved to {directory}")
         common = dict(kind=kind, directory=directory, root=root, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, layer_decay=args.layer_decay, unfreeze_at=args.unfreeze_at, ema_decay=args.ema_decay)

@@ -59,7 +59,7 @@ def tests(session: nox.Session) -> None:
     session.install(*_find_links(), *TEST_DEPS)
     install_fulmen(session)
     session.install(*_find_links(), "libcst>=1.1")  # fulmen[migrate], for tests/core/migrate
-    session.install(*_find_links(), "jsonargparse[signatures]>=4.35,<5")  # fulmen[cli], for tests/core/cli
+    session.install(*_find_links(), "jsonargparse[signatures]>=4.53,<5")  # fulmen[cli], for tests/core/cli
     # Optional for users; installed here so self.log(name, Metric) is tested (tests/core/trainer).
     session.install(*_find_links(), "torchmetrics>=1.3")
     session.run("python", "-m", "pytest", "tests", *session.posargs)

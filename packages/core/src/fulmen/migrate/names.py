@@ -294,11 +294,11 @@ for _exceptions in _both(".utilities.exceptions") + _both(".utilities"):
     _renamed(_exceptions, {"MisconfigurationException": ("fulmen.errors", "FulmenConfigError")})
 
 # -- the command line (issue 15) --------------------------------------------------------
-_renamed("lightning.pytorch.cli", {"LightningCLI": ("fulmen.cli", "CLI")}, pending=True,
-         advice="fulmen's configurable command line (issue 15) is not built yet: parse your "
-                "arguments with argparse and build the Trainer and Module yourself")
-_none("lightning.pytorch.cli", ["LightningArgumentParser", "SaveConfigCallback", "ArgsType"],
-      "part of LightningCLI, which fulmen does not have yet: use argparse")
+_renamed("lightning.pytorch.cli", {"LightningCLI": ("fulmen.cli", "CLI")})
+_same("lightning.pytorch.cli", "fulmen.cli", ["SaveConfigCallback"])
+_none("lightning.pytorch.cli", ["LightningArgumentParser", "ArgsType"],
+      "fulmen.cli.CLI builds a plain jsonargparse ArgumentParser (its add_arguments_to_parser "
+      "gets one); annotate args as a list of strings or a dict")
 
 
 def lookup(name: str) -> Optional[Union[Entry, str]]:

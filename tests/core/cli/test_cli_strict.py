@@ -73,3 +73,14 @@ def test_in_a_script_the_errors_can_be_caught():
     with pytest.raises(FulmenCLIError, match=r"unknown key 'model.hiden'.*'model.hidden' \(int\)") as info:
         CLI(Regressor, Points, args=["fit", "--model.hiden", "3"], parser_kwargs={"exit_on_error": False})
     assert isinstance(info.value, FulmenConfigError)
+
+
+def test_run_false_builds_the_objects_without_a_subcommand(tmp_path):
+    from cli_toy import Points, Regressor
+
+    from fulmen.cli import CLI
+
+    cli = CLI(Regressor, Points, run=False, args=["--model.hidden", "3", "--trainer.max_epochs", "1",
+                                                  "--trainer.default_root_dir", str(tmp_path)])
+    assert cli.subcommand is None and cli.model.hparams.hidden == 3 and cli.trainer.max_epochs == 1
+    assert isinstance(cli.datamodule, Points)

@@ -109,8 +109,9 @@ class CLI:
         """The Trainer from its config, with the config-saving callback added."""
         callbacks = kwargs.pop("callbacks", None)
         callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
-        if self.save_config_callback is not None and self.subcommand is not None:
-            callbacks.append(self.save_config_callback(self.parser, self.config[self.subcommand], **self.save_config_kwargs))
+        if self.save_config_callback is not None:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            callbacks.append(self.save_config_callback(self.parser, config, **self.save_config_kwargs))
         return self.trainer_class(callbacks=callbacks, **kwargs)
 
     # ------------------------------------------------------------------ parsing

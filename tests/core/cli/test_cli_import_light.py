@@ -1,0 +1,33 @@
+"""``import fulmen``, ``import fulmen.cli`` and ``fulmen plugins`` never import jsonargparse."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from cli_helpers import HERE
+
+PROBE = """
+import json, sys
+import fulmen, fulmen.cli
+from fulmen.cli import main
+before = "jsonargparse" in sys.modules
+import contextlib, io
+with contextlib.redirect_stdout(io.StringIO()):
+    code = main(["plugins"])
+print(json.dumps({"after_import": before, "after_plugins": "jsonargparse" in sys.modules, "code": code}))
+"""
+
+
+def test_jsonargparse_loads_only_for_the_training_commands():
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, cwd=HERE)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"after_import": False, "after_plugins": False, "code": 0}
+
+
+def test_cli_is_importable_where_migrate_maps_lightningcli():
+    from fulmen.cli import CLI
+    from fulmen.migrate.rewriter import _importable
+
+    assert CLI.__module__ == "fulmen.cli.lightning_style" and _importable("fulmen.cli", "CLI")

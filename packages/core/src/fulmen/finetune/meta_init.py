@@ -250,6 +250,11 @@ def load_pretrained(
     for target, saved in wanted.items():
         by_file.setdefault(files[saved], []).append((target, saved))
     safe_open = _safe_open()
+    for file, pairs in by_file.items():  # all shapes first: a bad file leaves the model untouched
+        with safe_open(str(file), framework="pt") as handle:
+            for target, saved in pairs:
+                tensor = live[target]
+                _check_shape(saved, tuple(handle.get_slice(saved).get_shape()), tuple(getattr(tensor, "ds_shape", tensor.shape)))
     for file, pairs in by_file.items():
         with safe_open(str(file), framework="pt") as handle:
             for target, saved in pairs:

@@ -106,7 +106,7 @@ class TimmViT:
     def load(self, directory: Path) -> nn.Module:
         import timm
 
-        overlay = dict(file=str(directory / "model.safetensors"), num_classes=0)
+        overlay = dict(file=str(directory / "model.safetensors"), num_classes=0, input_size=(1, 8, 8))
         return timm.create_model(self.name, pretrained=True, pretrained_cfg_overlay=overlay, **self.kwargs)
 
     @staticmethod

@@ -1,7 +1,13 @@
-"""DDP on 2 CPU processes (gloo): fulmen ``strategy="ddp", devices=2`` against a hand-written
-``DistributedDataParallel`` loop.
+"""DDP or FSDP on 2 CPU processes (gloo): fulmen against a hand-written loop.
 
     python benchmarks/ddp.py [--repeats 3] [--steps 1000] [--warmup 50] [--json out.json]
+    python benchmarks/ddp.py --strategy fsdp --model gpt --steps 60 --warmup 5
+
+``--strategy ddp`` (default): ``strategy="ddp", devices=2`` against ``DistributedDataParallel``.
+``--strategy fsdp``: fulmen-strategy-fsdp's ``FSDPStrategy(auto_wrap_policy={Block})`` against
+a hand-written FSDP2 loop that calls ``fully_shard`` on each transformer block and then on the
+root (what the strategy does for that policy). FSDP is meant for the GPT model (``--model
+gpt``: the decoder of ``overhead.py``, 4 blocks, d_model 128, seq 64, batch 8 per process).
 
 Both train the tiny MLP of ``overhead.py`` (batch 32 per process, AdamW, one thread per
 process) on the same data, split between the two processes by a ``DistributedSampler``
@@ -35,12 +41,42 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 VARIANTS = ["raw", "fulmen_trainer", "fulmen_fabric"]
+GPT_SIZES = dict(vocab=512, seq=64, d_model=128, n_layer=4, n_head=4)
 
 
 def _spec(args):
     from common import Spec
 
+    if args.model == "gpt":
+        return Spec(model="gpt", batch=8, steps=args.steps, warmup=args.warmup, **GPT_SIZES)
     return Spec(steps=args.steps, warmup=args.warmup)
+
+
+def _raw_wrap(task, strategy: str):
+    """The hand-written loop's parallel wrapper: DDP, or FSDP2 per block then the root."""
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(task)
+    from torch.distributed.fsdp import fully_shard
+
+    from common import Block
+
+    for module in task.modules():
+        if isinstance(module, Block):
+            fully_shard(module)
+    fully_shard(task)
+    return task
+
+
+def _fulmen_strategy(strategy: str):
+    if strategy == "ddp":
+        return "ddp"
+    from fulmen_fsdp import FSDPStrategy
+
+    from common import Block
+
+    return FSDPStrategy(auto_wrap_policy={Block})
 
 
 class _Sharded:
@@ -64,7 +100,6 @@ def _write(out: str, task) -> None:
 def _raw_worker(rank: int, world_size: int, port: int, args, out: str) -> None:
     import torch
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
 
@@ -72,7 +107,7 @@ def _raw_worker(rank: int, world_size: int, port: int, args, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     spec = _spec(args)
     task = spec.build_task()
-    model = DistributedDataParallel(task)
+    model = _raw_wrap(task, args.strategy)
     optimizer = spec.optimizer(model.parameters())
     dataset = _Sharded.dataset(spec, world_size)
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
@@ -120,7 +155,7 @@ def run_fulmen_trainer(args, out: str) -> None:
     module = _fulmen_module(spec, task, log=True)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = fulmen.Trainer(
-            accelerator="cpu", strategy="ddp", devices=2, max_steps=spec.total_steps, max_epochs=1,
+            accelerator="cpu", strategy=_fulmen_strategy(args.strategy), devices=2, max_steps=spec.total_steps, max_epochs=1,
             default_root_dir=os.environ.get("BENCH_ROOT", tmp), enable_progress_bar=True,
         )
         trainer.fit(module, _loader(spec, 2))
@@ -135,11 +170,14 @@ def run_fulmen_fabric(args, out: str) -> None:
 
     torch.set_num_threads(1)
     spec = _spec(args)
-    fabric = fulmen.Fabric(accelerator="cpu", strategy="ddp", devices=2)
+    fabric = fulmen.Fabric(accelerator="cpu", strategy=_fulmen_strategy(args.strategy), devices=2)
     fabric.launch()
     task = spec.build_task()
-    optimizer = spec.optimizer(task.parameters())
-    model, optimizer = fabric.setup(task, optimizer)
+    if args.strategy == "fsdp":  # sharding replaces the parameters: the optimizer comes after
+        model = fabric.setup_module(task)
+        optimizer = fabric.setup_optimizers(spec.optimizer(model.parameters()))
+    else:
+        model, optimizer = fabric.setup(task, spec.optimizer(task.parameters()))
     loader = fabric.setup_dataloaders(_loader(spec, 2))
     for x, y in loader:
         loss = model(x, y)
@@ -159,7 +197,8 @@ CHILDREN = {"raw": run_raw, "fulmen_trainer": run_fulmen_trainer, "fulmen_fabric
 def launch(variant: str, args) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"ddp-{variant}-") as tmp:
         out = os.path.join(tmp, "result.json")
-        command = [sys.executable, os.path.abspath(__file__), "--child", variant, out, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        command = [sys.executable, os.path.abspath(__file__), "--child", variant, out, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                   "--strategy", args.strategy, "--model", args.model]
         start = time.perf_counter()
         env = {**os.environ, "BENCH_ROOT": tmp}
         for key in ("MASTER_PORT", "FULMEN_LAUNCHED", "RANK", "LOCAL_RANK", "WORLD_SIZE"):
@@ -179,6 +218,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    p.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp")
+    p.add_argument("--model", choices=["mlp", "gpt"], default="mlp")
     p.add_argument("--json")
     p.add_argument("--child", nargs=2, metavar=("VARIANT", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)

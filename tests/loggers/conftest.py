@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # ``import logger_helpers``
 
-BACKEND_ENV_PREFIXES = ("MLFLOW_", "WANDB_")
+BACKEND_ENV_PREFIXES = ("MLFLOW_", "WANDB_", "CLEARML_", "TRAINS_", "COMET_")
 
 
 @pytest.fixture(autouse=True)
@@ -47,3 +47,33 @@ def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow_server")).start()
     yield server
     server.stop()
+
+
+# ClearML's reporter writes through a subprocess by default, and closing a task then waits
+# about ten seconds for it; the thread writes the same offline files and closes at once.
+CLEARML_TEST_CONFIG = "sdk {\n  development {\n    report_use_subprocess: false\n  }\n}\n"
+
+
+@pytest.fixture
+def clearml_env(clean_backend_env, tmp_path):
+    """ClearML offline, its cache (where offline sessions go) and config under the test's tmp dir."""
+    pytest.importorskip("clearml")
+    config = tmp_path / "clearml.conf"
+    config.write_text(CLEARML_TEST_CONFIG)
+    clean_backend_env.setenv("CLEARML_CONFIG_FILE", str(config))
+    clean_backend_env.setenv("CLEARML_CACHE_DIR", str(tmp_path / "clearml_cache"))
+    clean_backend_env.setenv("CLEARML_OFFLINE_MODE", "1")
+    clean_backend_env.setenv("HOME", str(tmp_path / "home"))  # ClearML writes ~/.clearml/.session.json
+    return tmp_path / "clearml_cache"
+
+
+@pytest.fixture
+def comet_env(clean_backend_env, tmp_path):
+    """Comet offline, its archives and config under the test's tmp dir, no API key."""
+    pytest.importorskip("comet_ml")
+    clean_backend_env.setenv("COMET_OFFLINE_DIRECTORY", str(tmp_path / "comet_offline"))
+    clean_backend_env.setenv("COMET_CONFIG", str(tmp_path / "comet.config"))
+    clean_backend_env.setenv("COMET_START_ONLINE", "false")  # Trainer(logger="comet") goes offline too
+    clean_backend_env.setenv("COMET_DISABLE_AUTO_LOGGING", "1")
+    clean_backend_env.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path / "comet_offline"

@@ -1,7 +1,7 @@
 """Train with fulmen-loggers in a child process that may kill itself (SIGKILL) mid-run, or
 resume from a checkpoint; used by the resume tests. Prints one JSON line at the end.
 
-    python logger_train_script.py --root DIR --loggers file,mlflow,wandb,tensorboard
+    python logger_train_script.py --root DIR --loggers file,mlflow,wandb,tensorboard,clearml,comet
         [--max-steps 20] [--kill-at 13] [--down-from 8] [--ckpt PATH] [--mlflow-uri URI]
 """
 
@@ -74,6 +74,14 @@ def main() -> None:
             from fulmen_loggers import TensorBoardLogger
 
             loggers.append(TensorBoardLogger(save_dir=root, **fast))
+        elif name == "clearml":
+            from fulmen_loggers import ClearMLLogger
+
+            loggers.append(ClearMLLogger(project_name="resume", offline=True, save_dir=root, **fast))
+        elif name == "comet":
+            from fulmen_loggers import CometLogger
+
+            loggers.append(CometLogger(project="resume", online=False, save_dir=root, **fast))
     checkpoint = fulmen.callbacks.ModelCheckpoint(
         dirpath=root / "ckpts", every_n_train_steps=5, save_top_k=-1, save_last=True
     )

@@ -1,5 +1,6 @@
 """fulmen's logger conformance suite (``fulmen.testing``) on fulmen-loggers' backends, read
-back through each backend's own reader: TensorBoard event files and the MLflow store.
+back through each backend's own reader: TensorBoard event files, the MLflow store, and the
+offline files ClearML and Comet write.
 
 Like the other logger tests, each backend is skipped when its library is not installed."""
 
@@ -53,4 +54,36 @@ class TestMLflowLoggerConformance(LoggerConformance):
         for key in client.get_run(logger.run_id).data.metrics:
             for metric in client.get_metric_history(logger.run_id, key):
                 stored.setdefault(metric.step, {})[key] = metric.value
+        return stored
+
+
+class TestClearMLLoggerConformance(LoggerConformance):
+    logger = "clearml"
+
+    @pytest.fixture(autouse=True)
+    def _backend(self, clearml_env):
+        pass  # offline, cache and config under tmp_path (conftest)
+
+    def read_metrics(self, logger):
+        from fulmen_loggers.clearml_logger import read_offline_scalars
+
+        stored = {}
+        for name, step, value in read_offline_scalars(Path(logger.identity["offline_folder"])):
+            stored.setdefault(step, {})[name] = value
+        return stored
+
+
+class TestCometLoggerConformance(LoggerConformance):
+    logger = "comet"
+
+    @pytest.fixture(autouse=True)
+    def _backend(self, comet_env):
+        pass  # offline, archives and config under tmp_path (conftest)
+
+    def read_metrics(self, logger):
+        from fulmen_loggers.comet_logger import read_offline_metrics
+
+        stored = {}
+        for name, step, value, _ in read_offline_metrics(Path(logger.offline_directory), logger.version):
+            stored.setdefault(step, {})[name] = value
         return stored

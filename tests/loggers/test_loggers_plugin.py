@@ -24,6 +24,8 @@ BACKENDS = {
     "mlflow": ("MLflow", "mlflow"),
     "wandb": ("Weights & Biases", "wandb"),
     "tensorboard": ("TensorBoard", "tensorboard"),
+    "clearml": ("ClearML", "clearml"),
+    "comet": ("Comet", "comet_ml"),
 }
 
 
@@ -32,7 +34,7 @@ def pip_line(name: str) -> str:
     return f"the {label} library ('{module}') is not installed: pip install 'fulmen-loggers[{name}]'"
 
 
-def env_without(tmp_path: Path, blocked=("mlflow", "wandb", "tensorboard"), **extra) -> dict:
+def env_without(tmp_path: Path, blocked=("mlflow", "wandb", "tensorboard", "clearml", "comet_ml"), **extra) -> dict:
     """A child environment in which ``import mlflow`` (etc.) fails as if it were not installed:
     a sitecustomize marks the modules missing in sys.modules, which is how Python itself
     blocks an import (``find_spec`` returns None, ``import`` raises ModuleNotFoundError).
@@ -70,7 +72,7 @@ def test_fulmen_plugins_lists_the_loggers_and_their_availability(tmp_path):
     proc = run([str(BIN / "fulmen"), "plugins", "--json"], env)
     assert proc.returncode == 0, proc.stderr
     row = {r["name"]: r for r in json.loads(proc.stdout)["plugins"]}["loggers"]
-    assert row["status"] == "loaded" and row["registers"]["logger"] == ["mlflow", "tensorboard", "wandb"]
+    assert row["status"] == "loaded" and row["registers"]["logger"] == sorted(BACKENDS)
     missing = {n for n, (_, module) in BACKENDS.items() if importlib.util.find_spec(module) is None}
     assert set(row["unavailable"].get("logger", {})) == missing
 
@@ -79,7 +81,7 @@ def test_without_the_backend_libraries_plugins_says_unavailable_with_the_pip_lin
     env = env_without(tmp_path)
     text = run([str(BIN / "fulmen"), "plugins"], env)
     assert text.returncode == 0, text.stderr
-    assert "loggers  (fulmen-loggers" in text.stdout and "logger: mlflow, tensorboard, wandb" in text.stdout
+    assert "loggers  (fulmen-loggers" in text.stdout and f"logger: {', '.join(sorted(BACKENDS))}" in text.stdout
     for name in BACKENDS:
         assert f"    logger {name}: unavailable - {pip_line(name)}" in text.stdout.splitlines()
     as_json = run([sys.executable, "-m", "fulmen", "plugins", "--json"], env)
@@ -93,7 +95,7 @@ def test_without_the_backend_library_asking_by_name_raises_the_same_line(tmp_pat
         """
         import sys, fulmen
         from fulmen.errors import FulmenPluginError
-        for name in ("mlflow", "wandb", "tensorboard"):
+        for name in ("mlflow", "wandb", "tensorboard", "clearml", "comet"):
             try:
                 fulmen.Trainer(accelerator="cpu", logger=name, default_root_dir=sys.argv[1])
             except FulmenPluginError as exc:
@@ -111,21 +113,23 @@ def test_without_the_backend_library_asking_by_name_raises_the_same_line(tmp_pat
 
 
 def test_the_entry_point_and_the_loggers_import_no_backend(tmp_path):
-    for module in ("mlflow", "wandb", "tensorboard"):
+    for module in ("mlflow", "wandb", "tensorboard", "clearml", "comet_ml"):
         pytest.importorskip(module)
     script = textwrap.dedent(
         """
         import sys, fulmen
-        trainer = fulmen.Trainer(accelerator="cpu", logger=["mlflow", "wandb", "tensorboard"],
+        trainer = fulmen.Trainer(accelerator="cpu", logger=["mlflow", "wandb", "tensorboard", "clearml", "comet"],
                                  default_root_dir=sys.argv[1])
         print(sorted(type(lg).__name__ for lg in trainer.loggers))
-        print(sorted(m for m in ("mlflow", "wandb", "tensorboard", "torch.utils.tensorboard") if m in sys.modules))
+        backends = ("mlflow", "wandb", "tensorboard", "torch.utils.tensorboard", "clearml", "comet_ml")
+        print(sorted(m for m in backends if m in sys.modules))
         """
     )
     env = env_without(tmp_path, blocked=(), WANDB_MODE="offline", MLFLOW_DISABLE_TELEMETRY="true")
     proc = run([sys.executable, "-c", script, str(tmp_path)], env)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["['MLflowLogger', 'TensorBoardLogger', 'WandbLogger']", "[]"]
+    names = "['ClearMLLogger', 'CometLogger', 'MLflowLogger', 'TensorBoardLogger', 'WandbLogger']"
+    assert proc.stdout.splitlines() == [names, "[]"]
 
 
 def test_fulmen_loggers_replay_command(tmp_path, capsys):

@@ -142,6 +142,10 @@ INIT_DEFAULTS = {
 }
 
 
+def _env_offline() -> bool:
+    return os.environ.get("CLEARML_OFFLINE_MODE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 class ClearMLSink(Sink):
     """Drives one ClearML task from the delivery thread: ``Task.init``, ``report_scalar``,
     ``connect``, ``upload_artifact`` and ``close``."""
@@ -161,8 +165,8 @@ class ClearMLSink(Sink):
         from clearml import Task
 
         s = self.settings
-        if s.get("offline"):
-            Task.set_offline(True)
+        if s.get("offline") or _env_offline():
+            Task.set_offline(True)  # ClearML reads $CLEARML_OFFLINE_MODE once, when it is imported
         kwargs = dict(INIT_DEFAULTS)
         kwargs.update(s.get("init_kwargs") or {})
         kwargs.update(project_name=s.get("project_name"), task_name=s.get("task_name"))

@@ -123,6 +123,8 @@ class EMAWeightAveraging(Callback):
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer, module, stage) -> None:
+        """Forget a previous fit's average; the new one is built at ``on_fit_start``, once the
+        strategy has placed (and possibly wrapped) the module."""
         if stage == "fit":
             self._module = module
             self._names, self._average = [], []  # built once the strategy has placed the module
@@ -137,18 +139,23 @@ class EMAWeightAveraging(Callback):
         checkpoint["state_dict"] = checkpoint[CURRENT_MODEL_STATE]
 
     def on_fit_start(self, trainer, module) -> None:
+        """Start the average from the module's weights (or a resumed checkpoint's average);
+        refuse sharded parameters."""
         self._build(module)
         if self._pending is not None:
             self._load_average(self._pending)
             self._pending = None
 
     def on_train_batch_end(self, trainer) -> None:
+        """Update after an optimizer step that :meth:`should_update` picks; a batch that did
+        not step (gradient accumulation) changes nothing."""
         step = trainer.global_step
         if step > self._latest_update_step and self.should_update(step_idx=step - 1):
             self._update()
             self._latest_update_step = step
 
     def on_train_epoch_end(self, trainer) -> None:
+        """Update at the end of an epoch from ``update_starting_at_epoch`` on."""
         epoch = trainer.current_epoch
         if epoch > self._latest_update_epoch and self.should_update(epoch_idx=epoch):
             self._update()
@@ -161,14 +168,18 @@ class EMAWeightAveraging(Callback):
             _copy_each(self._live, self._average)
 
     def on_validation_epoch_start(self, trainer) -> None:
+        """Inside fit, with ``use_ema_for_validation``: copy the average into the module,
+        keeping the training weights aside (nothing to do before the first update)."""
         if trainer.stage == "fit" and self.use_ema_for_validation and self._num_updates and self._backup is None:
             self._backup = [t.detach().clone() for t in self._live]
             _copy_each(self._live, self._average)
 
     def on_validation_epoch_end(self) -> None:
+        """Put the training weights back, bit for bit, before training goes on."""
         self._restore_training_weights()
 
     def on_exception(self) -> None:
+        """A run that fails mid-validation leaves the module with its training weights."""
         self._restore_training_weights()
 
     def on_save_checkpoint(self, trainer, checkpoint) -> None:
@@ -192,6 +203,7 @@ class EMAWeightAveraging(Callback):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:
+        """The update counters (the averaged weights are the checkpoint's ``state_dict``)."""
         return {
             "num_updates": self._num_updates,
             "latest_update_step": self._latest_update_step,
@@ -199,6 +211,7 @@ class EMAWeightAveraging(Callback):
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore the counters, so ``should_update`` and the warmup continue where they were."""
         self._num_updates = int(state["num_updates"])
         self._latest_update_step = int(state["latest_update_step"])
         self._latest_update_epoch = int(state.get("latest_update_epoch", -1))

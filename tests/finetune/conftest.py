@@ -1,5 +1,6 @@
-"""The fine-tuning tests need transformers, peft and safetensors (``nox -s finetune_llm``
-installs them); without them the whole directory is skipped, saying why."""
+"""The language-model fine-tuning tests need transformers, peft and safetensors (``nox -s
+finetune_llm`` installs them); without them those files are skipped, saying why. The vision
+tests in this directory decide for themselves."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+LLM_TESTS = {"test_finetune_fsdp.py", "test_trainable_checkpoint.py", "test_export.py",
+             "test_policies_and_loading.py", "test_llm_recipe.py"}
 _MISSING = [name for name in ("transformers", "peft", "safetensors") if importlib.util.find_spec(name) is None]
 # Tests that need none of them and run in the default suite (layer-wise lr decay, EMA), or
 # that skip on their own terms (the vision recipe: transformers or timm, scikit-learn).

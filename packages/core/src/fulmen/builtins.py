@@ -98,3 +98,11 @@ def register_profilers(register):
     register("simple", _lazy("fulmen.profilers.simple:SimpleProfiler"), "wall-clock time per action: mean, calls, total, share of the run")
     register("advanced", _lazy("fulmen.profilers.advanced:AdvancedProfiler"), "cProfile per action, reported with pstats")
     register("pytorch", _lazy("fulmen.profilers.pytorch:PyTorchProfiler"), "torch.profiler: operator key averages and a chrome trace")
+
+
+@hookimpl
+def register_cli_commands(register):
+    """``fulmen report RUN_DIR``: a page of a CSV-logged run's curves (see fulmen.report)."""
+    from fulmen.report.command import configure
+
+    register("report", configure, "write an HTML page with a CSV-logged run's curves, hyperparameters and checkpoints")

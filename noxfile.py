@@ -67,14 +67,17 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def loggers(session: nox.Session) -> None:
-    """The MLflow, W&B and TensorBoard loggers against the real backends (a local ``mlflow
-    server``, W&B offline, TensorBoard event files): ``fulmen-loggers[all]`` on top of the
-    ``tests`` session's install. The default ``tests`` session skips these backend tests."""
+    """The MLflow, W&B, TensorBoard, ClearML and Comet loggers against the real backends (a local
+    ``mlflow server``, W&B, ClearML and Comet offline, TensorBoard event files):
+    ``fulmen-loggers[all]`` on top of the ``tests`` session's install. The default ``tests``
+    session skips these backend tests. Also ``fulmen report`` with ``fulmen[report]``
+    (matplotlib), its page checked in headless Chromium where ``tests/report/install_chromium.sh``
+    could install it."""
     install_torch(session)
     session.install(*_find_links(), *TEST_DEPS)
     install_fulmen(session)
-    session.install(*_find_links(), "-e", "./packages/loggers[all]")
-    session.run("python", "-m", "pytest", "tests/loggers", *session.posargs)
+    session.install(*_find_links(), "-e", "./packages/loggers[all]", "-e", "./packages/core[report]")
+    session.run("python", "-m", "pytest", "tests/loggers", "tests/report", *session.posargs)
 
 
 @nox.session

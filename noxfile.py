@@ -158,6 +158,28 @@ def xla(session: nox.Session) -> None:
                 env={"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
+LLM_TESTS = ["tests/finetune/test_policies_and_loading.py", "tests/finetune/test_trainable_checkpoint.py",
+             "tests/finetune/test_export.py", "tests/finetune/test_finetune_fsdp.py"]
+LLM_SHORT = ["--pretrain-steps", "150", "--finetune-steps", "60", "--lr", "1e-2", "--val-windows", "128",
+             "--require-improvement", "0.05"]
+
+
+@nox.session
+def finetune_llm(session: nox.Session) -> None:
+    """``examples/finetune_llm.py`` (tiny GPT-2 pretrained on the stdlib, LoRA on a held-out
+    package; short settings, failing unless validation perplexity drops by 5%; arguments after
+    ``--`` replace them), then the language-model fine-tuning tests (meta-device loading, FSDP
+    on 2 processes, trainable-only checkpoints, export). Installs transformers, peft and
+    safetensors next to the core and the FSDP package."""
+    install_torch(session)
+    session.install(*_find_links(), *TEST_DEPS, "-e", "packages/core", "-e", "packages/strategy-fsdp",
+                    "transformers>=5,<6", "peft>=0.21", "safetensors>=0.4")
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    work = os.path.join(session.create_tmp(), "finetune_llm")
+    session.run("python", "examples/finetune_llm.py", "--out", work, *(session.posargs or LLM_SHORT), env=env)
+    session.run("python", "-m", "pytest", *LLM_TESTS, "-q", env=env)
+
+
 VISION_TESTS = ["tests/finetune/test_param_groups.py", "tests/finetune/test_ema.py", "tests/finetune/test_vision_recipe.py"]
 VISION_SHORT = ["--pretrain-epochs", "10", "--epochs", "6"]
 

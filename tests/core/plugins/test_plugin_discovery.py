@@ -241,7 +241,7 @@ def test_allow_and_deny_lists(case, api, tmp_path, plugin_sites, monkeypatch):
         monkeypatch.setenv(var, value)
     registry = _registry_of(api, tmp_path, **kwargs)
     # the built-ins' and the official strategy packages' names aside (fsdp's checked below)
-    official = ("fulmen", "fsdp", "deepspeed", "xla")
+    official = ("fulmen", "fsdp", "deepspeed", "xla", "ray")
     builtin = {n for n in registry.names("strategy") if registry.get("strategy", n).plugin in official}
     assert set(registry.names("strategy")) - builtin == expected
     assert "single_device" in registry.names("strategy")  # built-ins are never filtered

@@ -125,4 +125,4 @@ def test_fulmen_plugins_lists_environments_in_detection_order():
     reg = registry()
     ordered = sorted(reg.entries("environment"), key=lambda e: -getattr(e.factory, "detection_priority", 0))
     # The core's own; installed plugin packages add theirs (fulmen-ray's "ray" ranks first).
-    assert [e.name for e in ordered if e.distribution == "fulmen"] == ["torchelastic", "slurm", "lsf", "mpi", "local"]
+    assert [e.name for e in ordered if e.plugin == "fulmen"] == ["torchelastic", "slurm", "lsf", "mpi", "local"]

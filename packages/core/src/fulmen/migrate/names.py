@@ -193,10 +193,11 @@ for _loggers in _both(".loggers"):
 _renamed("lightning.pytorch.loggers", {
     "WandbLogger": ("fulmen_loggers", "WandbLogger"),
     "MLFlowLogger": ("fulmen_loggers", "MLflowLogger"),
+    "CometLogger": ("fulmen_loggers", "CometLogger"),
 })
-_none("lightning.pytorch.loggers", ["CometLogger", "NeptuneLogger"],
-      "fulmen has no logger for this service: subclass fulmen.loggers.Logger, or use CSVLogger, "
-      "fulmen_loggers.TensorBoardLogger, MLflowLogger or WandbLogger")
+_none("lightning.pytorch.loggers", ["NeptuneLogger"],
+      "Neptune's hosted service has closed: subclass fulmen.loggers.Logger, or use CSVLogger, "
+      "fulmen_loggers.TensorBoardLogger, MLflowLogger, WandbLogger, ClearMLLogger or CometLogger")
 
 # -- strategies, accelerators, precision, environments, checkpoint IO -------------------
 # The only strings here that name a backend: where the official packages keep Lightning's

@@ -237,3 +237,35 @@ def test_ddp_ranks_keep_identical_averages_equal_to_one_process(tmp_path):
     trainer.fit(BoringModule(), loader(64, batch_size=16))
     for name, value in ema.averaged_state_dict().items():
         assert torch.allclose(torch.tensor(ranks[0]["averaged"][name]), value.flatten(), atol=1e-6), name
+
+
+FSDP_SCRIPT = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import fulmen
+from fulmen.callbacks import EMAWeightAveraging
+from fulmen.errors import FulmenConfigError
+from helpers import BoringModule, loader
+
+if __name__ == "__main__":
+    trainer = fulmen.Trainer(accelerator="cpu", strategy="fsdp", devices=2, max_epochs=1, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             callbacks=[EMAWeightAveraging()])
+    try:
+        trainer.fit(BoringModule(), loader(32, batch_size=8))
+        message = None
+    except FulmenConfigError as exc:
+        message = str(exc)
+    json.dump({{"message": message}}, open({out!r} + f"/rank_{{trainer.global_rank}}.json", "w"))
+"""
+
+
+def test_fsdp_is_refused_on_every_rank(tmp_path):
+    pytest.importorskip("fulmen_fsdp")
+    script = tmp_path / "ema_fsdp.py"
+    script.write_text(FSDP_SCRIPT.format(tests=str(Path(__file__).resolve().parents[1]), out=str(tmp_path)))
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for rank in range(2):
+        message = json.loads((tmp_path / f"rank_{rank}.json").read_text())["message"]
+        assert message and "needs whole parameters on each process, but FSDPStrategy shards them" in message

@@ -141,6 +141,7 @@ class EMAWeightAveraging(Callback):
     def on_fit_start(self, trainer, module) -> None:
         """Start the average from the module's weights (or a resumed checkpoint's average);
         refuse sharded parameters."""
+        _refuse_sharded(module, type(trainer.strategy).__name__)
         self._build(module)
         if self._pending is not None:
             self._load_average(self._pending)
@@ -218,7 +219,6 @@ class EMAWeightAveraging(Callback):
 
     # ------------------------------------------------------------------ the work
     def _build(self, module: nn.Module) -> None:
-        _refuse_sharded(module)
         tracked = list(module.named_parameters())
         if self._use_buffers:
             tracked += [(n, b) for n, b in module.named_buffers() if b.is_floating_point()]
@@ -262,12 +262,12 @@ def _copy_each(destinations: List[torch.Tensor], sources: List[torch.Tensor]) ->
             destination.copy_(source)
 
 
-def _refuse_sharded(module: nn.Module) -> None:
+def _refuse_sharded(module: nn.Module, strategy: str) -> None:
     from fulmen.callbacks.swa import _is_sharded
 
     if _is_sharded(module) or any(p.numel() == 0 for p in module.parameters()):
         raise FulmenConfigError(
-            "EMAWeightAveraging needs whole parameters on each process, but this strategy shards them "
+            f"EMAWeightAveraging needs whole parameters on each process, but {strategy} shards them "
             "(each rank would average only its own pieces); use a strategy that replicates the "
             "parameters (single_device, ddp), or drop the callback"
         )

@@ -22,6 +22,7 @@ PACKAGES = [
     "packages/strategy-deepspeed",
     "packages/accelerator-xla",
     "packages/loggers",
+    "packages/launcher-ray",  # no dependency but fulmen; tests/ray skip without ray, saying why
 ]
 TEST_DEPS = ["pytest>=8", "pytest-timeout", "numpy", "setuptools>=68", "wheel"]
 
@@ -141,6 +142,21 @@ def deepspeed(session: nox.Session) -> None:
     extensions = os.path.join(getattr(session, "cache_dir", os.path.expanduser("~/.cache")), "torch_extensions")
     session.run("python", "-m", "pytest", "tests/deepspeed", *session.posargs,
                 env={"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", extensions)})
+
+
+@nox.session
+def ray(session: nox.Session) -> None:
+    """fulmen-ray on a real local Ray cluster (``tests/ray``): 2 Ray Train workers against
+    fulmen's own DDP, a worker SIGKILLed mid-epoch and resumed exactly, the argument checks.
+    The ``tests`` session's install plus Ray Train, pinned (the version NOTES.md checked).
+    One cluster serves the whole run; the default ``tests`` session skips these tests (all
+    but the package's registration), saying why."""
+    install_torch(session)
+    session.install(*_find_links(), *TEST_DEPS)
+    install_fulmen(session)
+    session.install(*_find_links(), "ray[train]==2.60.0")
+    session.run("python", "-m", "pytest", "tests/ray", *session.posargs,
+                env={"OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"})
 
 
 @nox.session

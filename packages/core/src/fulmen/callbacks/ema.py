@@ -17,6 +17,14 @@ checkpoint by a validation metric all give the weights that were measured; the t
 weights go under ``"current_model_state"`` (Lightning's key) and come back on resume, with the
 update counters in the callback's own state: a resumed run continues bit-identically.
 
+Where it differs from Lightning's, and why: validation outside ``fit`` (``trainer.validate``)
+is left alone — after fit the module already holds the average, and with ``ckpt_path`` the
+checkpoint's own (averaged) weights are what should be measured, not an average from an
+earlier fit still in memory; integer buffers (``num_batches_tracked``) are never averaged
+(an average of a counter is no counter); a weights-only checkpoint gets the average without
+a copy of the training weights, since it cannot resume anyway. Lightning's generic
+``WeightAveraging`` base has no fulmen counterpart (``StochasticWeightAveraging`` covers SWA).
+
 Distributed: with replicated parameters (DDP) each process keeps its own average of
 identical weights, so the averages agree without communication. Sharded parameters (FSDP's
 ``DTensor`` shards, or parameters a strategy partitioned away to nothing) are refused: one

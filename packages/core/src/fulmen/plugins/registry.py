@@ -54,6 +54,7 @@ OFFICIAL_PROVIDERS: Dict[str, Dict[str, str]] = {
         "hsdp": "fulmen-strategy-fsdp",
         "deepspeed*": "fulmen-strategy-deepspeed",
         "xla*": "fulmen-accelerator-xla",
+        "ray": "fulmen-ray",
     },
     "accelerator": {"xla": "fulmen-accelerator-xla", "tpu": "fulmen-accelerator-xla"},
     "precision": {},
@@ -62,8 +63,8 @@ OFFICIAL_PROVIDERS: Dict[str, Dict[str, str]] = {
         "wandb": "fulmen-loggers[wandb]",
         "tensorboard": "fulmen-loggers[tensorboard]",
     },
-    "callback": {},
-    "environment": {},
+    "callback": {"ray_report": "fulmen-ray"},
+    "environment": {"ray": "fulmen-ray"},
     "checkpoint_io": {},
     "profiler": {},
 }
@@ -76,6 +77,7 @@ OFFICIAL_PLUGINS: Dict[str, str] = {
     "deepspeed": "fulmen-strategy-deepspeed",
     "xla": "fulmen-accelerator-xla",
     "loggers": "fulmen-loggers",
+    "ray": "fulmen-ray",
 }
 
 

@@ -169,6 +169,7 @@ _same(_CALLBACKS, "fulmen.callbacks", [
 ])
 _same(_CALLBACKS, "fulmen.callbacks", [
     "BaseFinetuning", "BackboneFinetuning", "StochasticWeightAveraging", "GradientAccumulationScheduler",
+    "EMAWeightAveraging",
 ])
 _renamed(_CALLBACKS, {"TQDMProgressBar": ("fulmen.callbacks", "ProgressBar")})
 _none(_CALLBACKS, ["RichProgressBar"], "fulmen's progress bar is tqdm-based: use fulmen.callbacks.ProgressBar")

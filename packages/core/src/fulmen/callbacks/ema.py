@@ -101,7 +101,6 @@ class EMAWeightAveraging(Callback):
         self._live: List[torch.Tensor] = []
         self._average: List[torch.Tensor] = []
         self._backup: Optional[List[torch.Tensor]] = None  # training weights while swapped out
-        self._module: Optional[nn.Module] = None
         self._num_updates = 0
         self._latest_update_step = 0  # global_step of the last step update (0: none yet)
         self._latest_update_epoch = -1
@@ -134,7 +133,6 @@ class EMAWeightAveraging(Callback):
         """Forget a previous fit's average; the new one is built at ``on_fit_start``, once the
         strategy has placed (and possibly wrapped) the module."""
         if stage == "fit":
-            self._module = module
             self._names, self._average = [], []  # built once the strategy has placed the module
 
     def on_load_checkpoint(self, trainer, module, checkpoint) -> None:

@@ -34,9 +34,10 @@ PUBLIC_MODULES = [
     "fulmen.utilities",
     "fulmen_fsdp",
     "fulmen_loggers",
+    "fulmen_ray",
 ]
 # Where our own code lives: a method defined anywhere else (torch, object) is not ours to document.
-OUR_PACKAGES = ("fulmen", "fulmen_fsdp", "fulmen_loggers")
+OUR_PACKAGES = ("fulmen", "fulmen_fsdp", "fulmen_loggers", "fulmen_ray")
 
 DIRECTIVE = re.compile(r"^:::[ \t]+([\w.]+)[ \t]*$", re.MULTILINE)
 MEMBERS = re.compile(r"^[ \t]+members:[ \t]*(.+?)[ \t]*$")

@@ -79,10 +79,13 @@ class RayReportCallback(Callback):
             self._due = len(self._pending)
 
     def on_train_batch_start(self, trainer) -> None:
+        """Report the checkpoint written at the end of the previous batch: the first hook after
+        ModelCheckpoint's save there, whatever order the callbacks run in."""
         if self._due is not None:  # the only per-step cost: one comparison
             self._report(trainer, final=False)
 
     def on_train_epoch_start(self, trainer) -> None:
+        """Report the checkpoint written at the end of the previous epoch or its validation."""
         if self._due is not None:
             self._report(trainer, final=False)
 
@@ -91,6 +94,7 @@ class RayReportCallback(Callback):
         self._report(trainer, final=True)
 
     def teardown(self, trainer, stage) -> None:
+        """Take the row tap out of the loggers again: a later stage logs without it."""
         if stage == "fit" and any(logger is self._tap for logger in trainer.loggers):
             trainer.loggers.remove(self._tap)
 

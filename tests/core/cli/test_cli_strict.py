@@ -28,6 +28,10 @@ CASES = {
         [*MODEL, "--trainer.strategy", "dpp"],
         ["'trainer.strategy'", "unknown strategy 'dpp'", "Closest registered strategy: 'ddp'"],
     ),
+    "unknown key of a callback class": (
+        [*MODEL, "--trainer.callbacks", '[{"class_path": "fulmen.callbacks.EarlyStopping", "init_args": {"monitr": "val_loss"}}]'],
+        ["unknown key 'trainer.callbacks[0].init_args.monitr'", "'trainer.callbacks[0].init_args.monitor' (str)"],
+    ),
     "key at the wrong level": (
         [*MODEL, "--max_epochs", "2"],
         ["unknown key 'max_epochs'", "'trainer.max_epochs'"],
@@ -56,7 +60,7 @@ def test_mistakes_in_a_config_file_name_the_file(tmp_path):
     proc = run_fulmen("fit", "--config", "run.yaml", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "unknown key 'trainer.stratgy' (in run.yaml)" in proc.stderr
-    assert "'trainer.strategy' (Union[str, Strategy])" in proc.stderr
+    assert "'trainer.strategy' (Union[Strategy, str])" in proc.stderr
     (tmp_path / "types.yaml").write_text("model:\n  class_path: cli_toy.Regressor\n  init_args:\n    lr: fast\n")
     proc = run_fulmen("fit", "--config", "types.yaml", cwd=tmp_path)
     assert proc.returncode == 2

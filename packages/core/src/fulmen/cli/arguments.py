@@ -92,8 +92,19 @@ def option_layer(options: List[str]) -> Dict[str, Any]:
                 index += 1
             else:
                 value = "true"
-        _put(layer, key.split("."), value)
+        _put(layer, key.split("."), _structured(value))
     return layer
+
+
+def _structured(value: str) -> Any:
+    """A mapping or list typed as JSON/YAML (``--trainer.callbacks '[{"class_path": ...}]'``)
+    as data, so its keys are checked like a config file's; other values stay strings."""
+    if value[:1] in ("{", "["):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    return value
 
 
 def _put(layer: Dict[str, Any], parts: List[str], value: Any) -> None:

@@ -263,7 +263,8 @@ class CLI:
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer_config = config.trainer.as_dict() if hasattr(config.trainer, "as_dict") else dict(config.trainer)
         check_registry_names(trainer_config)
-        self.config_init = self.parser.instantiate_classes(config)
+        instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes  # renamed in 4.49
+        self.config_init = instantiate(config)
         self.datamodule = self.config_init.get("data")
         self.model = self.config_init.get("model")
         trainer_kwargs = dict(vars(self.config_init.trainer))

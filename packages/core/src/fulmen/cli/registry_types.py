@@ -36,13 +36,14 @@ def trainer_types() -> Dict[str, Any]:
     from fulmen.strategies.base import Strategy
 
     return {
-        "accelerator": Union[str, Accelerator],
-        "strategy": Union[str, Strategy],
-        "devices": Union[int, str, List[int]],
-        "precision": Optional[Union[str, int, Precision]],
-        "logger": Optional[Union[bool, str, Logger, List[Union[str, Logger]]]],
-        "callbacks": Optional[Union[str, Callback, List[Union[str, Callback]]]],
-        "profiler": Optional[Union[str, Profiler]],
+        # The class first: a str would also take a class_path given as JSON on the command line.
+        "accelerator": Union[Accelerator, str],
+        "strategy": Union[Strategy, str],
+        "devices": Union[int, List[int], str],
+        "precision": Optional[Union[Precision, int, str]],
+        "logger": Optional[Union[bool, Logger, List[Union[Logger, str]], str]],
+        "callbacks": Optional[Union[Callback, List[Union[Callback, str]], str]],
+        "profiler": Optional[Union[Profiler, str]],
         "max_time": Optional[Union[str, Dict[str, int]]],
         "default_root_dir": Optional[str],
         "plugins": Optional[List[str]],

@@ -103,9 +103,10 @@ def _unknown(path: str, source: str, siblings: Dict[str, Any], schema: Schema) -
         leaf = _closest(key, by_leaf)
         suggestion = by_leaf[leaf] if leaf else None
     if suggestion is not None:
-        expected = schema.annotation(suggestion)
-        if expected is None and close and isinstance(siblings.get(close), Param):
+        if close and isinstance(siblings.get(close), Param):
             expected = siblings[close].annotation
+        else:
+            expected = schema.annotation(suggestion)
         typed = f" ({type_name(expected)})" if expected is not None else ""
         hint = f" The closest valid key is '{suggestion}'{typed}."
     else:
@@ -149,7 +150,7 @@ def _check_slot(path: str, value: Any, node: SlotNode, source: str, schema: Sche
         return
     params = init_parameters(cls)
     for key, item in value.items():
-        if key in ("class_path", "dict_kwargs"):
+        if key in ("class_path", "dict_kwargs", "help"):
             continue
         inner = item if key == "init_args" else {key: item}  # --model.lr is --model.init_args.lr
         if key == "init_args" and not isinstance(item, dict):
@@ -157,6 +158,37 @@ def _check_slot(path: str, value: Any, node: SlotNode, source: str, schema: Sche
         for name in inner:
             if name not in params:
                 raise _unknown(f"{path}.init_args.{name}", source, params, schema)
+
+
+def _check_components(path: str, value: Any, source: str, schema: Schema) -> None:
+    """A Trainer argument given as ``class_path``/``init_args`` (a strategy, each callback of
+    a list): its keys are checked against that class, and a value for an untyped parameter
+    is refused (the class's other untyped parameters, which the config leaves alone, are not)."""
+    items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+    for index, item in items:
+        class_path = _class_from(item) if isinstance(item, dict) else None
+        if class_path is None:
+            continue
+        where = path if index is None else f"{path}[{index}]"
+        cls = import_class(class_path)
+        if cls is None:
+            raise FulmenCLIError(
+                f"'{where}' ({source}): cannot import class '{class_path}'; give its full dotted path "
+                f"(package.module.Class) and check that the package is installed. {NOTHING_RAN}"
+            )
+        params = init_parameters(cls)
+        given = item.get("init_args") or {}
+        if not isinstance(given, dict):
+            raise FulmenCLIError(f"'{where}.init_args' ({source}) must be a mapping of argument names to values. {NOTHING_RAN}")
+        for name in given:
+            if name not in params:
+                raise _unknown(f"{where}.init_args.{name}", source, params, schema)
+            if not params[name].typed:
+                raise FulmenCLIError(
+                    f"'{where}.init_args.{name}' ({source}) has no type annotation ({params[name].owner}), so "
+                    f"its value could not be checked; fulmen's command line refuses values for untyped "
+                    f"parameters. Annotate it, or build this object in a script. {NOTHING_RAN}"
+                )
 
 
 def check_layer(layer: Dict[str, Any], schema: Schema, source: str, class_paths: Dict[str, str]) -> None:
@@ -172,9 +204,12 @@ def check_layer(layer: Dict[str, Any], schema: Schema, source: str, class_paths:
         if node is None:
             raise _unknown(key, source, schema.nodes, schema)
         if isinstance(node, ClassNode) and isinstance(value, dict):
-            for name in value:
+            for name, item in value.items():
+                if name == "help":
+                    continue
                 if name.rstrip("+") not in node.params:
                     raise _unknown(f"{key}.{name}", source, node.params, schema)
+                _check_components(f"{key}.{name}", item, source, schema)
         elif isinstance(node, SlotNode):
             _check_slot(key, value, node, source, schema, class_paths)
 

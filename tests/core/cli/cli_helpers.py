@@ -14,11 +14,21 @@ HERE = Path(__file__).resolve().parent
 FULMEN_ENV = ("FULMEN_DISABLE_PLUGIN_AUTOLOAD", "FULMEN_PLUGINS_ALLOW", "FULMEN_PLUGINS_DENY", "FULMEN_GLOBAL_SEED")
 
 
-def run_fulmen(*args: str, cwd: Path, pythonpath: Iterable[os.PathLike] = (), timeout: int = 180) -> subprocess.CompletedProcess:
+def _env(pythonpath: Iterable[os.PathLike]) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in FULMEN_ENV and k != "PYTHONPATH"}
     env["PYTHONPATH"] = os.pathsep.join([*(str(p) for p in pythonpath), str(HERE)])
     env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([sys.executable, "-m", "fulmen", *args], cwd=cwd, env=env, capture_output=True,
+    return env
+
+
+def run_fulmen(*args: str, cwd: Path, pythonpath: Iterable[os.PathLike] = (), timeout: int = 180) -> subprocess.CompletedProcess:
+    """``python -m fulmen ARGS`` in a fresh process, with ``cli_toy`` importable."""
+    return subprocess.run([sys.executable, "-m", "fulmen", *args], cwd=cwd, env=_env(pythonpath),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_python(code: str, *args: str, cwd: Path, timeout: int = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=_env(()), capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -33,7 +33,3 @@ def test_a_plugin_strategy_chosen_by_name_from_yaml(tmp_path):
     ok(run_fulmen("fit", "--config", "run.yaml", *quiet_trainer(tmp_path / "runs"), cwd=tmp_path, pythonpath=[site]))
     record = json.loads((tmp_path / "strategy.json").read_text())
     assert record == {"module": "acme_fulmen_plugin", "marker": "from-acme"}
-    # The same name misspelt is caught by key, with the plugin's name as the closest one.
-    (tmp_path / "bad.yaml").write_text("trainer:\n  strategy: acme_singel\nmodel: cli_toy.Regressor\n")
-    proc = run_fulmen("fit", "--config", "bad.yaml", cwd=tmp_path, pythonpath=[site])
-    assert proc.returncode == 2 and "Closest registered strategy: 'acme_single'" in proc.stderr

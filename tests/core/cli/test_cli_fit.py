@@ -10,7 +10,6 @@ import yaml
 from cli_helpers import checkpoint_state, ok, only, quiet_trainer, run_fulmen
 
 RUN_YAML = """\
-seed_everything: 7
 trainer:
   max_epochs: 2
   callbacks:
@@ -30,13 +29,15 @@ data:
 """
 
 
-def test_fit_from_yaml_saves_its_config_and_the_saved_config_reproduces_the_run(tmp_path):
+def test_fit_from_yaml_saves_its_config_with_the_seed_used_and_the_saved_config_reproduces_the_run(tmp_path):
     (tmp_path / "run.yaml").write_text(RUN_YAML)
     ok(run_fulmen("fit", "--config", "run.yaml", *quiet_trainer(tmp_path / "first"), cwd=tmp_path))
     saved = only((tmp_path / "first").rglob("config.yaml"))
     config = yaml.safe_load(saved.read_text())
     assert config["model"] == {"class_path": "cli_toy.Regressor", "init_args": {"hidden": 6, "lr": 0.1, "name": "toy"}}
-    assert config["seed_everything"] == 7 and config["trainer"]["max_epochs"] == 2
+    # seed_everything defaults to true: the seed picked is recorded, so a rerun can repeat it
+    assert isinstance(config["seed_everything"], int) and not isinstance(config["seed_everything"], bool)
+    assert config["trainer"]["max_epochs"] == 2
     assert config["trainer"]["callbacks"][0] == "lr_monitor"  # a registered name, kept as written
     first = checkpoint_state(only((tmp_path / "first").rglob("*.ckpt")))
     assert first["net.0.weight"].shape == (6, 3)  # hidden=6 from the YAML reached the model
@@ -46,18 +47,6 @@ def test_fit_from_yaml_saves_its_config_and_the_saved_config_reproduces_the_run(
     ok(run_fulmen("fit", "--config", "again.yaml", cwd=tmp_path))
     again = checkpoint_state(only((tmp_path / "again").rglob("*.ckpt")))
     assert first.keys() == again.keys()
-    assert all(torch.equal(first[k], again[k]) for k in first)
-
-
-def test_a_random_seed_is_recorded_so_the_saved_config_reproduces_the_run(tmp_path):
-    args = ["--model", "cli_toy.Regressor", "--data", "cli_toy.Points", "--trainer.max_epochs", "1"]
-    ok(run_fulmen("fit", *args, *quiet_trainer(tmp_path / "first"), cwd=tmp_path))
-    saved = only((tmp_path / "first").rglob("config.yaml"))
-    seed = yaml.safe_load(saved.read_text())["seed_everything"]
-    assert isinstance(seed, int) and not isinstance(seed, bool)  # true became the seed used
-    ok(run_fulmen("fit", "--config", str(saved), "--trainer.default_root_dir", str(tmp_path / "again"), cwd=tmp_path))
-    first = checkpoint_state(only((tmp_path / "first").rglob("*.ckpt")))
-    again = checkpoint_state(only((tmp_path / "again").rglob("*.ckpt")))
     assert all(torch.equal(first[k], again[k]) for k in first)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cli_helpers import run_fulmen
+import json
+
+from cli_helpers import run_fulmen, run_python
 
 MODEL = ["--model", "cli_toy.Regressor", "--data", "cli_toy.Points"]
 CASES = {
@@ -39,18 +41,47 @@ CASES = {
 }
 
 
+# One interpreter runs the real ``fulmen`` entry point once per case (a fresh process per
+# case would spend most of the suite's time importing torch); the exit status and the exact
+# stderr of each call come back as JSON. test_mistakes_in_a_config_file_name_the_file runs
+# ``python -m fulmen`` itself, so the process-level behaviour is covered too.
+DRIVER = """
+import contextlib, io, json, sys
+from fulmen.cli import main
+out = {}
+for name, args in json.loads(sys.argv[1]).items():
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(args)
+        except BaseException as exc:  # anything escaping main is a bug this test reports
+            code = f"raised {type(exc).__name__}: {exc}"
+    out[name] = {"code": code, "stderr": err.getvalue()}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("strict")
+    argv = {case: ["fit", *args, "--trainer.default_root_dir", str(root / "runs")] for case, (args, _) in CASES.items()}
+    proc = run_python(DRIVER, json.dumps(argv), cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    return root, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_each_mistake_is_named_before_anything_runs(tmp_path, case):
-    args, expected = CASES[case]
-    proc = run_fulmen("fit", *args, "--trainer.default_root_dir", str(tmp_path / "runs"), cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    message = proc.stderr.strip()
+def test_each_mistake_is_named_before_anything_runs(outcomes, case):
+    root, results = outcomes
+    result = results[case]
+    assert result["code"] == 2, result
+    message = result["stderr"].strip()
+    assert "Traceback" not in message
     assert message.startswith("fulmen fit: error: ") and "\n" not in message
-    for part in expected:
+    for part in CASES[case][1]:
         assert part in message
     assert "Nothing was run." in message
-    assert not (tmp_path / "runs").exists()  # no Trainer got as far as a log directory
+    assert not (root / "runs").exists()  # no Trainer got as far as a log directory
 
 
 def test_mistakes_in_a_config_file_name_the_file(tmp_path):

@@ -2,7 +2,7 @@
 resume from a checkpoint; used by the resume tests. Prints one JSON line at the end.
 
     python logger_train_script.py --root DIR --loggers file,mlflow,wandb,tensorboard,clearml,comet
-        [--max-steps 20] [--kill-at 13] [--down-from 8] [--ckpt PATH] [--mlflow-uri URI]
+        [--max-steps 20] [--kill-at 13] [--down-from 8] [--ckpt PATH] [--mlflow-uri URI] [--wait 20]
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from helpers import BoringModule, loader  # noqa: E402
 
 
 class Chaos(fulmen.Callback):
-    def __init__(self, backend: FileBackend, down_from: int, kill_at: int, loggers) -> None:
+    def __init__(self, backend: FileBackend, down_from: int, kill_at: int, loggers, wait: float = 20.0,
+                 wait_open: bool = False) -> None:
         self.backend, self.down_from, self.kill_at, self.loggers = backend, down_from, kill_at, loggers
+        self.wait, self.wait_open = wait, wait_open
 
     def on_train_batch_end(self, trainer) -> None:
         step = trainer.global_step
@@ -35,9 +37,17 @@ class Chaos(fulmen.Callback):
         if self.kill_at and step == self.kill_at:
             # Let what was logged so far reach the backends (or their spools), as a process
             # that runs a while after a checkpoint would; then die without any cleanup.
+            if self.wait_open:
+                # Die only once every backend run exists (its id is in meta.json): a process killed
+                # while the backend is still creating its run leaves nothing for a resume to continue.
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and not all(
+                    any(key != "run_key" for key in logger.identity) for logger in self.loggers
+                ):
+                    time.sleep(0.05)
             for logger in self.loggers:
                 if hasattr(logger, "wait_delivered"):
-                    logger.wait_delivered(timeout=2.0 if self.down_from else 20.0)
+                    logger.wait_delivered(timeout=2.0 if self.down_from else self.wait)
             time.sleep(1.0)  # W&B's service process writes its file asynchronously
             sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGKILL)
@@ -52,6 +62,10 @@ def main() -> None:
     parser.add_argument("--down-from", type=int, default=0)
     parser.add_argument("--ckpt", default=None)
     parser.add_argument("--mlflow-uri", default=None)
+    # Write-ahead loggers (W&B, ClearML, Comet) count as delivered only when their run ends, so
+    # waiting before the kill always runs to this limit: a few seconds let the backend write some.
+    parser.add_argument("--wait", type=float, default=20.0)
+    parser.add_argument("--wait-open", action="store_true")
     args = parser.parse_args()
     root = Path(args.root)
     backend = FileBackend(root / "backend")
@@ -95,7 +109,7 @@ def main() -> None:
         num_sanity_val_steps=0,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[checkpoint, Chaos(backend, args.down_from, args.kill_at, loggers)],
+        callbacks=[checkpoint, Chaos(backend, args.down_from, args.kill_at, loggers, args.wait, args.wait_open)],
     )
     fulmen.seed_everything(0)
     trainer.fit(BoringModule(), loader(), loader(), ckpt_path=args.ckpt)

@@ -30,7 +30,7 @@ def run_script(*args):
 def test_killed_and_resumed_run_continues_the_task_and_the_experiment(clearml_env, comet_env, tmp_path):
     root = tmp_path / "run"
     common = ["--root", root, "--loggers", "clearml,comet"]
-    first = run_script(*common, "--kill-at", 13)
+    first = run_script(*common, "--kill-at", 13, "--wait", 3, "--wait-open")
     assert first.returncode == -9, first.stderr[-4000:]
     second = run_script(*common, "--ckpt", root / "ckpts" / "last.ckpt")
     assert second.returncode == 0, second.stderr[-4000:]

@@ -64,3 +64,12 @@ def test_import_fulmen_does_not_import_matplotlib(tmp_path):
                           env=child_env(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_metrics_go_to_the_figure_a_reader_looks_for():
+    from fulmen.report.plots import group_of
+
+    assert [group_of(n) for n in ("train_loss", "loss", "train/acc", "step_loss")] == ["train"] * 4
+    assert [group_of(n) for n in ("val_loss", "val/acc", "valid_f1", "train/val_loss")] == ["val"] * 4
+    assert [group_of(n) for n in ("lr-SGD", "lr-AdamW/pg1", "learning_rate", "optim/lr")] == ["lr"] * 4
+    assert [group_of(n) for n in ("test_loss", "test/acc", "throughput")] == ["other"] * 3

@@ -39,7 +39,9 @@ def group_of(name: str) -> str:
         return "lr"
     if lowered.startswith(("val", "valid")) or "val_" in lowered or "/val" in lowered or "_val" in lowered:
         return "val"
-    if lowered.startswith("train") or "train" in lowered or "loss" in lowered:
+    if lowered.startswith(("test", "predict")) or "test_" in lowered or "/test" in lowered:
+        return "other"  # logged once, after training: not a training curve
+    if "train" in lowered or "loss" in lowered:
         return "train"
     return "other"
 

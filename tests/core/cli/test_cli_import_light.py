@@ -31,3 +31,21 @@ def test_cli_is_importable_where_migrate_maps_lightningcli():
     from fulmen.migrate.rewriter import _importable
 
     assert CLI.__module__ == "fulmen.cli.lightning_style" and _importable("fulmen.cli", "CLI")
+
+
+HELP_PROBE = """
+import contextlib, io, json, sys
+from fulmen.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    code = main(["fit", "--help"])
+plugins = sorted(m for m in sys.modules if m.split(".")[0].startswith("fulmen_") or m.split(".")[0] in ("deepspeed", "mlflow", "wandb"))
+print(json.dumps({"code": code, "plugins": plugins, "lists_trainer": "--trainer.max_epochs" in out.getvalue()}))
+"""
+
+
+def test_fit_help_loads_no_plugin():
+    """``fulmen fit --help`` builds the parser from signatures; plugin packages load only
+    when a registered name has to be checked, after parsing."""
+    proc = subprocess.run([sys.executable, "-c", HELP_PROBE], capture_output=True, text=True, timeout=120, cwd=HERE)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"code": 0, "plugins": [], "lists_trainer": True}

@@ -226,10 +226,7 @@ def load_pretrained(
     files = weight_files(source)
     by_file: Dict[Path, List[Tuple[str, str]]] = {}
     live = dict(module.named_parameters())
-    state_names = set(module.state_dict().keys()) if not _sharded(module) else None
-    for name, buffer in module.named_buffers():
-        if state_names is None or name in state_names:
-            live[name] = buffer
+    live.update(_persistent_buffers(module))
     aliases = _tied_names(module)
     report = LoadReport()
     wanted = {}
@@ -261,6 +258,18 @@ def load_pretrained(
                 _fill(live[target], handle, saved, report)
     module.pretrained_load_report = report  # what this rank read, for logs and tests
     return report
+
+
+def _persistent_buffers(module: nn.Module) -> Dict[str, torch.Tensor]:
+    """The buffers a ``state_dict`` (and so ``save_pretrained``) would hold, without building
+    one (which gathers shards under some engines)."""
+    out = {}
+    for prefix, sub in module.named_modules():
+        skip = getattr(sub, "_non_persistent_buffers_set", set())
+        for name, buffer in sub._buffers.items():
+            if buffer is not None and name not in skip:
+                out[f"{prefix}.{name}" if prefix else name] = buffer
+    return out
 
 
 def _sharded(module: nn.Module) -> bool:

@@ -126,6 +126,17 @@ def test_timm_layout_and_extra_no_weight_decay_names():
     assert decays["pos_embed"] == decays["cls_token"] == 0.0 and decays["patch_embed.weight"] == 0.1
 
 
+def test_hierarchical_models_need_explicit_layers():
+    stage = nn.Module()
+    stage.blocks = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    model = nn.Module()
+    model.stages = nn.Sequential(stage)
+    with pytest.raises(FulmenConfigError, match=r"blocks inside numbered stages \(e.g. 'stages.0.blocks.0.weight'\)"):
+        layer_decay_param_groups(model, 1.0, 0.5)
+    groups = layer_decay_param_groups(model, 1.0, 0.5, layers=["stages.0.blocks.0", "stages.0.blocks.1"])
+    assert [g["lr"] for g in groups] == [0.5, 0.5, 1.0, 1.0]
+
+
 def test_prefixes_and_functions():
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2))
     groups = layer_decay_param_groups(model, 1.0, 0.5, layers=["0", ["1"], "2"])

@@ -37,7 +37,10 @@ from fulmen.errors import FulmenConfigError, FulmenUserCodeError
 Layers = Union[None, Sequence[Union[str, Sequence[str]]], Callable[[str], int]]
 
 # Block index in the usual transformer layouts: ``encoder.layer.3.``, ``blocks.3.``, ``layers.3.``.
-_BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|blocks)\.(\d+)(?:\.|$)")
+_BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|blocks)\.(\d+)(?=\.|$)")
+# Numbered containers of any kind: a name with two of them (``stages.1.blocks.0``) belongs to
+# a hierarchical model, whose depth the flat layout cannot tell.
+_NUMBERED = re.compile(r"(?:^|\.)(?:layer|layers|blocks|stages|stage)\.(\d+)(?=\.|$)")
 _EMBEDDING = re.compile(r"(?:^|\.)(?:embeddings|patch_embed|pos_embed|cls_token|dist_token|reg_token|mask_token)(?:\.|$)")
 
 
@@ -210,6 +213,13 @@ def _under(name: str, prefix: str) -> bool:
 def _layout_depths(names: List[str]) -> Callable[[str], int]:
     """Depths from the usual vision-transformer parameter names; refuses a model without
     numbered blocks rather than guessing one flat group."""
+    nested = [n for n in names if len(_NUMBERED.findall(n)) > 1]
+    if nested:
+        raise FulmenConfigError(
+            f"this model has blocks inside numbered stages (e.g. {nested[0]!r}), so the flat layout would "
+            "give blocks of different stages one depth: pass layers=[prefixes, input side first] or "
+            "layers=function(name) -> depth"
+        )
     blocks = [int(m.group(1)) for m in map(_BLOCK.search, names) if m]
     if not blocks:
         raise FulmenConfigError(

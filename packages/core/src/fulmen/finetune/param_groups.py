@@ -12,7 +12,8 @@ A parameter's *depth* comes from one of three places:
 - nothing given: the layout of the common vision transformers, found by name — the
   embeddings (``embeddings.*``, or ``patch_embed``/``pos_embed``/``cls_token``) are depth 0,
   block ``N`` (``encoder.layer.N``, ``blocks.N``, ``layers.N``) is depth ``N + 1``, everything
-  after the blocks (final norm, pooler, classifier) is the top;
+  after the blocks (final norm, pooler, classifier) is the top; a hierarchical model (blocks
+  inside numbered stages) is refused rather than flattened wrongly;
 - ``layers=[...]``: an ordered list of module-name prefixes, input side first (an entry may
   be a list of prefixes that share one depth); the longest matching prefix decides;
 - ``layers=function``: ``name -> depth`` (an ``int >= 0``; larger is nearer the output).

@@ -1,4 +1,4 @@
-"""The base class of the three loggers: the local run directory, the delivery thread, resume
+"""The base class of the loggers: the local run directory, the delivery thread, resume
 state and rank-zero behaviour.
 
 A subclass says where its run directory is (``_root_dir``), which settings identify its run
@@ -47,7 +47,7 @@ def is_global_zero() -> bool:
 
 
 class TrackingLogger(Logger):
-    """Base of :class:`MLflowLogger`, :class:`WandbLogger` and :class:`TensorBoardLogger`.
+    """Base of the MLflow, W&B, TensorBoard, ClearML and Comet loggers.
 
     ``delivery`` takes :class:`~fulmen_loggers._sink.DeliveryOptions`' arguments (queue size,
     batching, retry backoff, close timeout); its defaults are the only ones.

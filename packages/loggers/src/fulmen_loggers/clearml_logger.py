@@ -50,7 +50,7 @@ class ClearMLLogger(TrackingLogger):
         tags: tags of the task.
         offline: write the task to ClearML's offline session folder (under ``$CLEARML_CACHE_DIR``,
             ``~/.clearml/cache`` by default) instead of a server; ``$CLEARML_OFFLINE_MODE=1`` does
-            the same. Upload it later with ``clearml-task``'s ``Task.import_offline_session``.
+            the same. Import it into a server later with ``Task.import_offline_session(zip)``.
         save_dir: local root (``Trainer`` passes ``default_root_dir``); the run directory
             ``<save_dir>/clearml/<project>/version_N`` holds the spool and, when this is the
             Trainer's first logger, the checkpoints.

@@ -1,6 +1,6 @@
 """``fulmen loggers replay PATH``: deliver what a finished (or dead) run left in its spool.
 
-Every run directory of the three loggers holds ``fulmen-delivery/meta.json`` (which backend,
+Every run directory of these loggers holds ``fulmen-delivery/meta.json`` (which backend,
 its settings, the run id once known) next to the spool. Replay rebuilds the client from
 that, continues the same backend run, sends the spooled records in order, acknowledges
 them as it goes (so an interrupted replay can simply be started again) and reports what is

@@ -1,4 +1,4 @@
-"""The delivery engine shared by the loggers (MLflow, W&B, TensorBoard, ClearML, Comet): never block the step, never lose a record.
+"""The delivery engine every logger of this package is built on: never block the step, never lose a record.
 
 ::
 

@@ -9,7 +9,7 @@ session); ``nox -s ray`` installs it. The cluster's files live under a short fol
 
 from __future__ import annotations
 
-import importlib.util
+from importlib import metadata
 import os
 import shutil
 import subprocess
@@ -27,10 +27,19 @@ sys.path.insert(0, str(HERE))
 SKIP_REASON = 'ray is not installed: pip install "fulmen-ray[ray]" (or run nox -s ray)'
 
 
+def ray_installed() -> bool:
+    """Ray's distribution is installed. Asked of the metadata, not of the import system: this
+    folder is itself importable as a namespace package called ``ray`` wherever ``tests/`` is
+    on ``sys.path`` (pytest puts it there), and only a real Ray is found before it."""
+    try:
+        metadata.version("ray")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def pytest_report_header(config):
-    if importlib.util.find_spec("ray") is None:
-        return f"tests/ray skipped: {SKIP_REASON}"
-    return None
+    return None if ray_installed() else f"tests/ray skipped: {SKIP_REASON}"
 
 
 @pytest.fixture(scope="session")

@@ -4,18 +4,25 @@ on 2 processes, and a worker SIGKILLed mid-epoch is survived with an exact resum
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
-from conftest import SKIP_REASON
+from conftest import SKIP_REASON, ray_installed
 
-pytest.importorskip("ray", reason=SKIP_REASON)
+if not ray_installed():
+    pytest.skip(SKIP_REASON, allow_module_level=True)
 
 import torch  # noqa: E402
 
-from ray_programs import EVERY_N_STEPS, MAX_EPOCHS  # noqa: E402
+from ray_programs import EVERY_N_STEPS  # noqa: E402
 
 FINAL_STEP = 12  # 2 epochs of 6 batches on each of the 2 ranks
+pytestmark = pytest.mark.timeout(420)  # a Ray job that hangs (no resources, a lost kill) fails
+
+
+def worker_views(out):
+    return [json.loads((out / f"worker{rank}.json").read_text()) for rank in (0, 1)]
 
 
 def load(path):
@@ -59,6 +66,18 @@ def test_two_ray_workers_train_like_fulmen_ddp_on_two_processes(uninterrupted, d
     assert_same_final_state(out, ddp_reference)
 
 
+def test_workers_take_ranks_and_process_group_from_ray_for_trainer_and_fabric(uninterrupted):
+    _, out, _ = uninterrupted
+    views = worker_views(out)
+    for rank, view in enumerate(views):
+        # Ray also sets torchrun's variables; the Ray environment ranks above torchelastic.
+        assert view["environment"] == "RayEnvironment"
+        assert (view["global_rank"], view["ray_world_rank"], view["world_size"], view["trainer_world_size"]) == (rank, rank, 2, 2)
+        assert (view["local_rank"], view["node_rank"]) == (rank, 0)  # one node here
+        assert view["backend"] == "gloo" and view["resumed_from"] is None
+        assert (view["fabric_world_size"], view["fabric_all_reduce"]) == (2, 3.0)  # 1 + 2 over both workers
+
+
 def test_every_logged_row_reaches_ray_and_the_csv_logger_once(uninterrupted):
     result, out, reports = uninterrupted
     ray_rows = [row for report in reports for row in report["metrics"]["fulmen_rows"]]
@@ -74,6 +93,13 @@ def test_a_worker_killed_mid_epoch_is_restarted_and_resumes_exactly(killed, ddp_
     result, out, reports, pid_file = killed
     assert pid_file.exists(), "the worker never announced its PID: nothing was killed"
     assert result.error is None
+    # The group that finished is a new one (the killed PID is not in it), and it resumed from
+    # the checkpoint fulmen wrote at step 3 and reported to Ray.
+    views = worker_views(out)
+    assert int(pid_file.read_text()) not in {view["pid"] for view in views}
+    for view in views:
+        assert view["resumed_from"] and view["resumed_from"].endswith("fulmen.ckpt")
+        assert load(view["resumed_from"])["global_step"] == EVERY_N_STEPS
     assert_same_final_state(out, ddp_reference)
     # Steps 4-5 ran, were logged, and were lost with the worker; the CSV logger dropped them
     # on resume from step 3's checkpoint and the resumed run logged them again.

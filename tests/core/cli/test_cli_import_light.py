@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from cli_helpers import HERE
 
 PROBE = """
@@ -27,6 +29,7 @@ def test_jsonargparse_loads_only_for_the_training_commands():
 
 
 def test_cli_is_importable_where_migrate_maps_lightningcli():
+    pytest.importorskip("libcst", reason='fulmen migrate needs libcst (pip install "fulmen[migrate]")')
     from fulmen.cli import CLI
     from fulmen.migrate.rewriter import _importable
 

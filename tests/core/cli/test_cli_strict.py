@@ -115,7 +115,8 @@ def test_run_false_builds_the_objects_without_a_subcommand(tmp_path):
 
     from fulmen.cli import CLI
 
-    cli = CLI(Regressor, Points, run=False, args=["--model.hidden", "3", "--trainer.max_epochs", "1",
-                                                  "--trainer.default_root_dir", str(tmp_path)])
-    assert cli.subcommand is None and cli.model.hparams.hidden == 3 and cli.trainer.max_epochs == 1
-    assert isinstance(cli.datamodule, Points)
+    cli = CLI(Regressor, Points, run=False, trainer_defaults={"max_epochs": 5, "max_steps": 7},
+              args=["--model.hidden", "3", "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path)])
+    assert cli.subcommand is None and cli.model.hparams.hidden == 3 and isinstance(cli.datamodule, Points)
+    # trainer_defaults beat the Trainer's defaults; what is typed beats trainer_defaults
+    assert (cli.trainer.max_epochs, cli.trainer.max_steps) == (1, 7)

@@ -35,7 +35,7 @@ def docstring_arguments(cls: type) -> Dict[str, str]:
     out: Dict[str, str] = {}
     for match in re.finditer(r"^\s{4,8}([\w, ]+):\s+(.+)$", doc.split("Args:", 1)[-1], re.MULTILINE):
         for name in match.group(1).split(","):
-            out[name.strip()] = match.group(2).strip()
+            out[name.strip()] = match.group(2).strip().replace("``", "")
     return out
 
 

@@ -63,7 +63,7 @@ OFFICIAL_PROVIDERS: Dict[str, Dict[str, str]] = {
         "wandb": "fulmen-loggers[wandb]",
         "tensorboard": "fulmen-loggers[tensorboard]",
     },
-    "callback": {"ray_report": "fulmen-ray"},
+    "callback": {"ray_train_report": "fulmen-ray"},
     "environment": {"ray": "fulmen-ray"},
     "checkpoint_io": {},
     "profiler": {},

@@ -84,7 +84,7 @@ def _kill_switch(config: Dict[str, Any]):
 
 
 def fit(config: Dict[str, Any], strategy: Any, devices: int = 1, ckpt_path: Optional[str] = None,
-        extra_callbacks=()) -> None:
+        extra_callbacks=()):
     """Train and write ``final.ckpt`` (every rank takes part; rank zero writes it)."""
     import fulmen
     from fulmen.callbacks import ModelCheckpoint
@@ -104,6 +104,7 @@ def fit(config: Dict[str, Any], strategy: Any, devices: int = 1, ckpt_path: Opti
     )
     trainer.fit(module, train_dataloaders=_data(), ckpt_path=ckpt_path)
     trainer.save_checkpoint(out / "final.ckpt")
+    return trainer
 
 
 def ray_train_fn(config: Dict[str, Any]) -> None:
@@ -111,8 +112,34 @@ def ray_train_fn(config: Dict[str, Any]) -> None:
     import fulmen_ray
 
     torch.set_num_threads(1)
-    fit(config, strategy="ray", extra_callbacks=[fulmen_ray.RayReportCallback()],
-        ckpt_path=fulmen_ray.resume_checkpoint())
+    resume = fulmen_ray.resume_checkpoint()
+    trainer = fit(config, strategy="ray", extra_callbacks=[fulmen_ray.RayTrainReportCallback()], ckpt_path=resume)
+    _write_worker_view(config, resume, trainer)
+
+
+def _write_worker_view(config: Dict[str, Any], resume: Optional[str], trainer) -> None:
+    """What this worker saw of its job: the environment the Trainer's strategy has, its
+    ranks, where it resumed from, the process group's backend, and a Fabric collective on the
+    same worker group."""
+    import json
+
+    import ray.train
+    import torch.distributed as dist
+
+    import fulmen
+
+    env = trainer.strategy.cluster_environment
+    fabric = fulmen.Fabric(accelerator="cpu", strategy="ray")
+    fabric.launch()
+    total = fabric.all_reduce(torch.tensor([fabric.global_rank + 1.0]), reduce_op="sum")
+    view = {
+        "environment": type(env).__name__, "world_size": env.world_size(), "global_rank": env.global_rank(),
+        "local_rank": env.local_rank(), "node_rank": env.node_rank(),
+        "ray_world_rank": ray.train.get_context().get_world_rank(), "trainer_world_size": trainer.world_size,
+        "pid": os.getpid(), "resumed_from": resume, "backend": dist.get_backend(),
+        "fabric_world_size": fabric.world_size, "fabric_all_reduce": total.item(),
+    }
+    Path(config["out"], f"worker{view['global_rank']}.json").write_text(json.dumps(view))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def resume_checkpoint() -> Optional[str]:
     if not os.path.isfile(path):
         raise FulmenCheckpointError(
             f"the latest checkpoint Ray reported ({checkpoint.path}) has no {CHECKPOINT_FILE}: it was not "
-            "reported by fulmen_ray.RayReportCallback; resume it with your own code, or start the job "
+            "reported by fulmen_ray.RayTrainReportCallback; resume it with your own code, or start the job "
             "with a new RunConfig(name=...)"
         )
     return path

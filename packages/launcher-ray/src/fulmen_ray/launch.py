@@ -78,7 +78,7 @@ def run(
     A thin layer over ``ray.train.torch.TorchTrainer``, for the common case; build a
     ``TorchTrainer`` yourself for any other of its options, the training function is the
     same. Inside ``train_fn`` a fulmen Trainer or Fabric with ``strategy="ray"`` joins the
-    worker group; a :class:`~fulmen_ray.report.RayReportCallback` and
+    worker group; a :class:`~fulmen_ray.report.RayTrainReportCallback` and
     ``ckpt_path=fulmen_ray.resume_checkpoint()`` make a restarted group resume exactly.
 
     Args:

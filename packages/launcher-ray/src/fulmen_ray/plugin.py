@@ -54,6 +54,6 @@ def register_strategies(register):
 
 @hookimpl
 def register_callbacks(register):
-    """``ray_report``: logged rows and checkpoints handed to ``ray.train.report``."""
-    register("ray_report", _describe(_lazy("fulmen_ray.report:RayReportCallback")),
+    """``ray_train_report``: logged rows and checkpoints handed to ``ray.train.report``."""
+    register("ray_train_report", _describe(_lazy("fulmen_ray.report:RayTrainReportCallback")),
              "report ModelCheckpoint's checkpoints and every logged row to ray.train.report")

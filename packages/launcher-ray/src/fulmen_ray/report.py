@@ -1,4 +1,4 @@
-"""``RayReportCallback``: fulmen's checkpoints and logged rows handed to ``ray.train.report``.
+"""``RayTrainReportCallback``: fulmen's checkpoints and logged rows handed to ``ray.train.report``.
 
 A Ray report is the commit point of a Ray Train job: after a failure Ray restarts the worker
 group from the latest *reported* checkpoint. So each report carries one checkpoint that
@@ -30,12 +30,12 @@ class _RowTap(Logger):
     zero only receives any) until the callback reports them, and the paths of the files
     ``ModelCheckpoint`` announces."""
 
-    def __init__(self, owner: "RayReportCallback") -> None:
+    def __init__(self, owner: "RayTrainReportCallback") -> None:
         self._owner = owner
 
     @property
     def name(self) -> str:
-        return "ray_report"
+        return "ray_train_report"
 
     def log_metrics(self, metrics: Dict[str, float], step: Optional[int] = None) -> None:
         self._owner._pending.append({**metrics, "step": step})
@@ -44,7 +44,7 @@ class _RowTap(Logger):
         self._owner._announced = path
 
 
-class RayReportCallback(Callback):
+class RayTrainReportCallback(Callback):
     """Report each checkpoint ``ModelCheckpoint`` writes to Ray Train, with the rows logged up
     to it, so that Ray restarts a failed worker group from fulmen's own checkpoints.
 

@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 LLM_TESTS = {"test_finetune_fsdp.py", "test_trainable_checkpoint.py", "test_export.py",
-             "test_policies_and_loading.py", "test_llm_recipe.py"}
+             "test_policies_and_loading.py", "test_finetune_deepspeed.py"}
 _MISSING = [name for name in ("transformers", "peft", "safetensors") if importlib.util.find_spec(name) is None]
 # Tests that need none of them and run in the default suite (layer-wise lr decay, EMA), or
 # that skip on their own terms (the vision recipe: transformers or timm, scikit-learn).

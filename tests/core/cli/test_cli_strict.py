@@ -120,3 +120,14 @@ def test_run_false_builds_the_objects_without_a_subcommand(tmp_path):
     assert cli.subcommand is None and cli.model.hparams.hidden == 3 and isinstance(cli.datamodule, Points)
     # trainer_defaults beat the Trainer's defaults; what is typed beats trainer_defaults
     assert (cli.trainer.max_epochs, cli.trainer.max_steps) == (1, 7)
+
+
+def test_args_as_a_dict_is_a_config_and_is_checked_too(tmp_path):
+    from cli_toy import Points, Regressor
+
+    from fulmen.cli import CLI, FulmenCLIError
+
+    cli = CLI(Regressor, Points, run=False, args={"model": {"hidden": 2}, "trainer": {"default_root_dir": str(tmp_path)}})
+    assert cli.model.hparams.hidden == 2
+    with pytest.raises(FulmenCLIError, match=r"unknown key 'trainer.max_epoch'.*'trainer.max_epochs'"):
+        CLI(Regressor, Points, args={"fit": {"trainer": {"max_epoch": 1}}}, parser_kwargs={"exit_on_error": False})

@@ -88,8 +88,8 @@ class CLI:
         argv = self._argv(args, run)
         try:
             self._parse(argv, run)
-            if self._printing:
-                return
+            if self._printing:  # --print_config printed the config: nothing more, as in Lightning
+                raise SystemExit(0)
             self.before_instantiate_classes()
             self.instantiate_classes()
         except FulmenCLIError as exc:
@@ -118,13 +118,16 @@ class CLI:
     def _argv(self, args, run: bool) -> List[str]:
         if args is None:
             return sys.argv[1:]
-        if isinstance(args, dict):
+        if isinstance(args, dict):  # a config as data: {"fit": {...}} when run=True, as in Lightning
             import yaml
 
-            if run:
-                (stage, config), = args.items() if len(args) == 1 else ((None, args),)
-                return [str(stage), "--config", yaml.safe_dump(config)]
-            return ["--config", yaml.safe_dump(args)]
+            if not run:
+                return ["--config", yaml.safe_dump(args)]
+            if len(args) != 1 or next(iter(args)) not in SUBCOMMANDS:
+                self._fail(FulmenCLIError(f"args as a dict needs one subcommand key ({', '.join(SUBCOMMANDS)}) "
+                                          f"holding the config, got keys {sorted(args)}. {NOTHING_RAN}"))
+            (stage, config), = args.items()
+            return [stage, "--config", yaml.safe_dump(config)]
         return list(args)
 
     def _parse(self, argv: List[str], run: bool) -> None:

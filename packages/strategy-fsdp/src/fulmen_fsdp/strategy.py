@@ -158,8 +158,9 @@ class FSDPStrategy(DDPStrategy):
             )
         self.auto_wrap_policy = auto_wrap_policy
         self.activation_checkpointing_policy = activation_checkpointing_policy
-        self._unit_predicate = policy_predicate(auto_wrap_policy, "auto_wrap_policy")
-        self._checkpoint_predicate = policy_predicate(activation_checkpointing_policy, "activation_checkpointing_policy")
+        # Checked for form here; names are resolved against the model in setup_module.
+        policy_predicate(auto_wrap_policy, "auto_wrap_policy")
+        policy_predicate(activation_checkpointing_policy, "activation_checkpointing_policy")
         if compile and not isinstance(compile, (bool, Mapping)):
             raise FulmenConfigError(f"FSDPStrategy(compile={compile!r}) must be True/False or a dict of torch.compile options")
         self.compile_options: Optional[Dict[str, Any]] = dict(compile) if isinstance(compile, Mapping) else ({} if compile else None)

@@ -112,6 +112,9 @@ class TrainableCheckpoint(Callback):
     Use it with any checkpointing (``ModelCheckpoint``, ``trainer.save_checkpoint``):
     ``Trainer(callbacks=[TrainableCheckpoint(), ModelCheckpoint(...)])``. The fingerprint
     is computed once per set of frozen tensors (the base does not change while frozen).
+    Such a file is not a whole model: ``Module.load_from_checkpoint`` cannot rebuild one from
+    it; resume through this callback, or write a loadable directory with
+    :func:`fulmen.finetune.export_pretrained` on the pretrained model with the same adapters.
     """
 
     def __init__(self) -> None:

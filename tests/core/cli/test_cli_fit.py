@@ -54,8 +54,11 @@ def test_validate_and_test_run_from_the_command_line(tmp_path):
     common = ["--model", "cli_toy.Regressor", "--data", "cli_toy.Points", "--trainer.logger", "csv", *quiet_trainer(tmp_path)]
     out = ok(run_fulmen("test", *common, cwd=tmp_path))
     assert "test_loss" in out.stdout  # the test loop ran and printed its metrics
-    out = ok(run_fulmen("validate", *common, "--verbose", "true", cwd=tmp_path))
+    # a logger by class_path: the config is saved in that logger's directory
+    logger = '{"class_path": "fulmen.loggers.CSVLogger", "init_args": {"save_dir": "logs", "name": "mine"}}'
+    out = ok(run_fulmen("validate", *common, "--trainer.logger", logger, "--verbose", "true", cwd=tmp_path))
     assert "val_loss" in out.stdout
+    assert yaml.safe_load((tmp_path / "logs" / "mine" / "version_0" / "config.yaml").read_text())["verbose"] is True
 
 
 def test_a_lightning_style_script_with_cli_and_its_classes(tmp_path):

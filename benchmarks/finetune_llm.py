@@ -188,10 +188,11 @@ def main() -> None:
                 sys.exit(f"{variant} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
             record = json.loads(out.stdout.strip().splitlines()[-1])
             results[variant].append(record)
-            print(f"repeat {repeat + 1} {variant:10s} {record['step_ms']:8.2f} ms/step (CPU {record['cpu_ms']:8.2f})  peak RSS "
-                  f"{record['peak_rss_mb']:7.1f} MB  mean loss {record['mean_loss']:.4f}", flush=True)
-    loop = statistics.median(r["step_ms"] for r in results["loop"])
-    print("\n| variant | wall ms/step | x loop (per round) | CPU ms/step | x loop (per round) | peak RSS MB | mean loss |")
+            print(f"repeat {repeat + 1} {variant:10s} {record['step_ms']:8.2f} ms/step "
+                  f"(CPU {record['cpu_ms']:8.2f})  peak RSS {record['peak_rss_mb']:7.1f} MB  "
+                  f"mean loss {record['mean_loss']:.4f}", flush=True)
+    print("\n| variant | wall ms/step | x loop (per round) | CPU ms/step | x loop (per round) | peak RSS MB "
+          "| mean loss |")
     print("|---|---|---|---|---|---|---|")
     for variant in VARIANTS:
         ms = statistics.median(r["step_ms"] for r in results[variant])

@@ -4,8 +4,6 @@ most), resumes bit for bit, and refuses a different frozen base by naming what d
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 

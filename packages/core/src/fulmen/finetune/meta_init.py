@@ -251,7 +251,8 @@ def load_pretrained(
         with safe_open(str(file), framework="pt") as handle:
             for target, saved in pairs:
                 tensor = live[target]
-                _check_shape(saved, tuple(handle.get_slice(saved).get_shape()), tuple(getattr(tensor, "ds_shape", tensor.shape)))
+                live_shape = tuple(getattr(tensor, "ds_shape", tensor.shape))  # ZeRO-3: the full shape
+                _check_shape(saved, tuple(handle.get_slice(saved).get_shape()), live_shape)
     for file, pairs in by_file.items():
         with safe_open(str(file), framework="pt") as handle:
             for target, saved in pairs:

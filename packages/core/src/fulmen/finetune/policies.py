@@ -80,7 +80,7 @@ def resolve_policy(root: nn.Module, policy: Policy, option: str) -> Optional[Cal
         present = {n for m in root.modules() for n in _class_names(m)}
         unknown = sorted(wanted - present)
         if unknown:
-            blocks = sorted({type(m).__name__ for m in root.modules() if m is not root and any(True for _ in m.children())})
+            blocks = sorted({type(m).__name__ for m in root.modules() if m is not root and next(m.children(), None)})
             raise FulmenConfigError(
                 f"{option} names {', '.join(repr(n) for n in unknown)}, which no module of {type(root).__name__} "
                 f"is; classes with submodules here: {', '.join(blocks[:20]) or '(none)'}"
@@ -109,7 +109,8 @@ def _checkpointed_class(cls: type) -> type:
         def forward(self, *args, **kwargs):
             return checkpoint(super(subclass, self).forward, *args, use_reentrant=False, **kwargs)
 
-        subclass = type(f"Checkpointed{cls.__name__}", (cls,), {"forward": forward, "_fulmen_activation_checkpointing": True})
+        body = {"forward": forward, "_fulmen_activation_checkpointing": True}
+        subclass = type(f"Checkpointed{cls.__name__}", (cls,), body)
         subclass.__module__ = cls.__module__
         subclass.__qualname__ = f"Checkpointed{cls.__qualname__}"
         _CHECKPOINTED[cls] = subclass

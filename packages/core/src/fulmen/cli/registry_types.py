@@ -62,10 +62,11 @@ def check_registry_names(trainer_config: Dict[str, Any], allow=None, deny=None) 
     from fulmen.cli.strict import FulmenCLIError
     from fulmen.errors import FulmenConfigError
     from fulmen.plugins import manager
+    from fulmen.plugins.config import EXTRA_DEFAULT_NAMES  # "auto", "gpu", precision aliases: the connector's
     from fulmen.plugins.registry import canonical_precision
 
     wanted = [(key, name) for key in REGISTRY_KINDS for name in _names(trainer_config.get(key))
-              if not (key in ("accelerator", "strategy") and name == "auto")]
+              if name not in EXTRA_DEFAULT_NAMES.get(REGISTRY_KINDS[key], ())]
     if not wanted:
         return
     registry = manager.build(allow=allow, deny=deny).registry

@@ -41,7 +41,8 @@ class _RowTap(Logger):
         self._owner._pending.append({**metrics, "step": step})
 
     def log_checkpoint(self, path: str, aliases: Optional[list] = None) -> None:
-        self._owner._announced = path
+        if self._owner._due is not None:  # a full checkpoint was built for it, not weights only
+            self._owner._announced = path
 
 
 class RayTrainReportCallback(Callback):

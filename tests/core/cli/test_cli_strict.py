@@ -34,6 +34,10 @@ CASES = {
         [*MODEL, "--trainer.callbacks", '[{"class_path": "fulmen.callbacks.EarlyStopping", "init_args": {"monitr": "val_loss"}}]'],
         ["unknown key 'trainer.callbacks[0].init_args.monitr'", "'trainer.callbacks[0].init_args.monitor' (str)"],
     ),
+    "no model": (
+        ["--trainer.max_epochs", "1"],
+        ["missing: 'model'", "--model package.module.Class"],
+    ),
     "key at the wrong level": (
         [*MODEL, "--max_epochs", "2"],
         ["unknown key 'max_epochs'", "'trainer.max_epochs'"],

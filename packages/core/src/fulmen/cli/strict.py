@@ -240,5 +240,11 @@ def explain_parse_error(message: str, schema: Schema, source: str = "the command
     if path and expects:
         got = f", got {given.group(1).strip()!r}" if given else ""
         return FulmenCLIError(f"'{path}' expects {expects}{got} ({source}). {NOTHING_RAN}")
+    missing = re.search(r"arguments are required: (.+)", message)
+    if missing:
+        keys = [key.strip() for key in missing.group(1).split(",")]
+        how = "; ".join(f"--{key} package.module.Class or `{key}: {{class_path: ...}}` in a config file"
+                        if isinstance(schema.nodes.get(key), SlotNode) else f"--{key} VALUE" for key in keys)
+        return FulmenCLIError(f"missing: {', '.join(repr(k) for k in keys)}. Give {how}. {NOTHING_RAN}")
     text = " ".join(line.strip() for line in message.splitlines() if line.strip())
     return FulmenCLIError(f"{text} ({source}). {NOTHING_RAN}")

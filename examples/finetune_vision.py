@@ -211,15 +211,18 @@ def finetune(kind, directory: Path, root: Path, epochs: int, batch_size: int, fu
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="vit", help="'vit' (transformers) or 'timm:<name>', e.g. timm:vit_tiny_patch16_224")
+    parser.add_argument("--backbone", default="vit",
+                        help="'vit' (transformers) or 'timm:<name>', e.g. timm:vit_tiny_patch16_224")
     parser.add_argument("--pretrain-epochs", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=15, help="fine-tuning epochs, for the probe and the full run")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3, help="the head's learning rate (the top layer's)")
     parser.add_argument("--layer-decay", type=float, default=0.75)
-    parser.add_argument("--unfreeze-at", type=int, default=1, help="epoch at which the full fine-tune unfreezes the encoder")
+    parser.add_argument("--unfreeze-at", type=int, default=1,
+                        help="epoch at which the full fine-tune unfreezes the encoder")
     parser.add_argument("--ema-decay", type=float, default=0.98)
-    parser.add_argument("--root", default=None, help="where the pretrained encoder and run files go (default: a temp dir)")
+    parser.add_argument("--root", default=None,
+                        help="where the pretrained encoder and run files go (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the accuracies to this file")
     args = parser.parse_args(argv)
 
@@ -242,8 +245,10 @@ def main(argv=None) -> dict:
         probe = finetune(full=False, **common)
         print(f"digits 5-9, linear probe (encoder frozen):          val accuracy {probe:.3f}")
         full = finetune(full=True, **common)
-        print(f"digits 5-9, full fine-tune (layer decay {args.layer_decay}, EMA): val accuracy {full:.3f}  (chance 0.200)")
-    result = {"backbone": args.backbone, "pretrain_acc": pretrain_acc, "linear_probe_acc": probe, "full_finetune_acc": full}
+        print(f"digits 5-9, full fine-tune (layer decay {args.layer_decay}, EMA): val accuracy {full:.3f}"
+              "  (chance 0.200)")
+    result = {"backbone": args.backbone, "pretrain_acc": pretrain_acc, "linear_probe_acc": probe,
+              "full_finetune_acc": full}
     if args.json:
         Path(args.json).write_text(json.dumps(result))
     return result

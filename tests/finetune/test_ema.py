@@ -233,7 +233,8 @@ def test_ddp_ranks_keep_identical_averages_equal_to_one_process(tmp_path):
     # one process over the same global batches (rank r gets samples r, r+2, ...: a batch of 16)
     fulmen.seed_everything(0)
     ema = EMAWeightAveraging(decay=0.9)
-    trainer = quiet_trainer(tmp_path / "single", max_epochs=2, logger=False, enable_checkpointing=False, callbacks=[ema])
+    trainer = quiet_trainer(tmp_path / "single", max_epochs=2, logger=False, enable_checkpointing=False,
+                            callbacks=[ema])
     trainer.fit(BoringModule(), loader(64, batch_size=16))
     for name, value in ema.averaged_state_dict().items():
         assert torch.allclose(torch.tensor(ranks[0]["averaged"][name]), value.flatten(), atol=1e-6), name

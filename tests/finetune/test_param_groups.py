@@ -119,8 +119,9 @@ def test_timm_layout_and_extra_no_weight_decay_names():
 
     model = TimmShaped()
     groups = layer_decay_param_groups(model, 1.0, 0.8, weight_decay=0.1, no_weight_decay=["pos_embed", "cls_token"])
-    rates = {n: g["lr"] for g in groups for n, p in model.named_parameters() if any(p is q for q in g["params"])}
-    decays = {n: g["weight_decay"] for g in groups for n, p in model.named_parameters() if any(p is q for q in g["params"])}
+    group_of = {n: g for g in groups for n, p in model.named_parameters() if any(p is q for q in g["params"])}
+    rates = {n: g["lr"] for n, g in group_of.items()}
+    decays = {n: g["weight_decay"] for n, g in group_of.items()}
     assert rates["cls_token"] == rates["patch_embed.weight"] == pytest.approx(0.8 ** 3)
     assert rates["blocks.1.dense.weight"] == pytest.approx(0.8) and rates["head.weight"] == 1.0
     assert decays["pos_embed"] == decays["cls_token"] == 0.0 and decays["patch_embed.weight"] == 0.1
@@ -205,7 +206,8 @@ class GradientLog(Callback):
     def on_before_optimizer_step(self, trainer, module, optimizer):
         self.steps.append({
             "epoch": trainer.current_epoch,
-            "grads": {n: p.grad is not None and bool(p.grad.abs().sum() > 0) for n, p in module.backbone.named_parameters()},
+            "grads": {n: p.grad is not None and bool(p.grad.abs().sum() > 0)
+                      for n, p in module.backbone.named_parameters()},
             "lrs": {n: _lr_of(optimizer, p) if p.requires_grad else None for n, p in module.named_parameters()},
         })
 

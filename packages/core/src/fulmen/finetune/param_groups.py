@@ -28,7 +28,7 @@ layer gets the same learning rate whether it joined at the start or at an unfree
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -42,7 +42,9 @@ _BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|blocks)\.(\d+)(?=\.|$)")
 # Numbered containers of any kind: a name with two of them (``stages.1.blocks.0``) belongs to
 # a hierarchical model, whose depth the flat layout cannot tell.
 _NUMBERED = re.compile(r"(?:^|\.)(?:layer|layers|blocks|stages|stage)\.(\d+)(?=\.|$)")
-_EMBEDDING = re.compile(r"(?:^|\.)(?:embeddings|patch_embed|pos_embed|cls_token|dist_token|reg_token|mask_token)(?:\.|$)")
+_EMBEDDING = re.compile(
+    r"(?:^|\.)(?:embeddings|patch_embed|pos_embed|cls_token|dist_token|reg_token|mask_token)(?:\.|$)"
+)
 
 
 def layer_decay_param_groups(
@@ -185,7 +187,9 @@ def _prefix_depths(names: List[str], layers: Sequence[Union[str, Sequence[str]]]
     for depth, entry in enumerate(layers):
         for prefix in ([entry] if isinstance(entry, str) else list(entry)):
             if not isinstance(prefix, str) or not prefix:
-                raise FulmenConfigError(f"layers[{depth}] holds {prefix!r}; each prefix must be a non-empty module name")
+                raise FulmenConfigError(
+                    f"layers[{depth}] holds {prefix!r}; each prefix must be a non-empty module name"
+                )
             prefixes.append((prefix.rstrip("."), depth))
     unused = [p for p, _ in prefixes if not any(_under(name, p) for name in names)]
     if unused:

@@ -176,14 +176,14 @@ def xla(session: nox.Session) -> None:
 
 LLM_TESTS = ["tests/finetune/test_policies_and_loading.py", "tests/finetune/test_trainable_checkpoint.py",
              "tests/finetune/test_export.py", "tests/finetune/test_finetune_fsdp.py"]
-LLM_SHORT = ["--pretrain-steps", "150", "--finetune-steps", "60", "--lr", "1e-2", "--val-windows", "128",
-             "--require-improvement", "0.05"]
+LLM_SHORT = ["--pretrain-steps", "150", "--finetune-steps", "40", "--val-windows", "128",
+             "--require-improvement", "0.15"]
 
 
 @nox.session
 def finetune_llm(session: nox.Session) -> None:
     """``examples/finetune_llm.py`` (tiny GPT-2 pretrained on the stdlib, LoRA on a held-out
-    package; short settings, failing unless validation perplexity drops by 5%; arguments after
+    package; short settings, failing unless validation perplexity drops by 15%; arguments after
     ``--`` replace them), then the language-model fine-tuning tests (meta-device loading, FSDP
     on 2 processes, trainable-only checkpoints, export). Installs transformers, peft and
     safetensors next to the core and the FSDP package."""

@@ -7,8 +7,9 @@ Two stages, both ordinary fulmen programs:
    (``sysconfig.get_paths()["stdlib"]/*.py``, sorted), then is written with
    ``save_pretrained`` — the "pretrained model" of the recipe.
 2. *Fine-tuning*: the model is read back with the real ``from_pretrained(OUT/base)``, gets
-   LoRA adapters (peft) and is trained on a package it has never seen (``email/``, the
-   files but the last four; those four are the validation set), in bf16 with activation
+   LoRA adapters (peft) and is trained on a part of the standard library it has never seen:
+   ``pydoc_data/topics.py``, the English text of ``help()``'s topics (its first 90% of
+   windows; the last 10% are the validation set), in bf16 with activation
    checkpointing of its ``GPT2Block`` layers, on ``--strategy single`` (one process),
    ``ddp`` or ``fsdp`` (two processes each; FSDP shards by the model's own
    ``_no_split_modules``). Validation perplexity is printed before and after. The adapters
@@ -35,17 +36,20 @@ import fulmen
 from fulmen.finetune import TrainableCheckpoint, checkpoint_layers, export_pretrained
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
-HELD_OUT_PACKAGE = "email"
-VALIDATION_FILES = 4
+HELD_OUT = Path("pydoc_data") / "topics.py"  # prose (help() topics): a new domain for a model of code
+VALIDATION_FRACTION = 0.1
 
 
 def pretraining_files():
     return sorted(STDLIB.glob("*.py"))
 
 
-def finetuning_files():
-    files = sorted((STDLIB / HELD_OUT_PACKAGE).glob("*.py"))
-    return files[:-VALIDATION_FILES], files[-VALIDATION_FILES:]
+def finetuning_data(seq: int, val_windows: int):
+    """(train, validation): the held-out file's windows in order, the last tenth for validation."""
+    data = windows([STDLIB / HELD_OUT], seq).tensors[0]
+    cut = int(len(data) * (1 - VALIDATION_FRACTION))
+    val = data[cut:][:val_windows] if val_windows else data[cut:]
+    return TensorDataset(data[:cut]), TensorDataset(val)
 
 
 def windows(files, seq: int, limit: int = 0) -> TensorDataset:
@@ -135,9 +139,9 @@ def finetune(args, base: Path, out: Path) -> None:
     if args.strategy != "fsdp":
         checkpoint_layers(model, "auto")  # FSDP applies its activation_checkpointing_policy instead
     module = CausalLM(model, lr=args.lr)
-    train_files, val_files = finetuning_files()
-    train = DataLoader(windows(train_files, args.seq), batch_size=args.batch_size, shuffle=True)
-    val = DataLoader(windows(val_files, args.seq, limit=args.val_windows), batch_size=args.batch_size)
+    train_data, val_data = finetuning_data(args.seq, args.val_windows)
+    train = DataLoader(train_data, batch_size=args.batch_size, shuffle=True)
+    val = DataLoader(val_data, batch_size=args.batch_size)
     callbacks = [] if args.strategy == "fsdp" else [TrainableCheckpoint()]  # FSDP checkpoints are sharded already
     trainer = quiet_trainer(devices=devices, strategy=strategy, precision="bf16-mixed", max_steps=args.finetune_steps,
                             callbacks=callbacks, val_check_interval=None)
@@ -151,7 +155,7 @@ def finetune(args, base: Path, out: Path) -> None:
         total = sum(p.numel() for p in module.parameters())
         print(f"LoRA fine-tune ({args.strategy}, {devices} process(es), bf16-mixed, activation checkpointing): "
               f"{trained:,} of {total:,} parameters trained for {args.finetune_steps} steps on "
-              f"{HELD_OUT_PACKAGE}/ ({len(train_files)} files)")
+              f"{HELD_OUT} ({len(train_data)} windows; {len(val_data)} held out for validation)")
         print(f"validation perplexity before fine-tuning: {math.exp(before):.2f}")
         print(f"validation perplexity after fine-tuning:  {math.exp(after):.2f}")
         adapter = export_pretrained(checkpoint, lora_model(base, args.lora_rank), out / "adapter", prefix="model.")
@@ -175,7 +179,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--lora-rank", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=1e-2, help="fine-tuning learning rate (of the adapters)")
     parser.add_argument("--val-windows", type=int, default=256, help="validation windows (0: all)")
     parser.add_argument("--require-improvement", type=float, default=0.0, metavar="FRACTION",
                         help="exit with status 1 unless validation perplexity falls by this fraction (CI)")

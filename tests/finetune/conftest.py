@@ -12,23 +12,24 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-LLM_TESTS = {"test_finetune_fsdp.py", "test_trainable_checkpoint.py", "test_export.py",
-             "test_policies_and_loading.py", "test_finetune_deepspeed.py"}
-_MISSING = [name for name in ("transformers", "peft", "safetensors") if importlib.util.find_spec(name) is None]
-# Tests that need none of them and run in the default suite (layer-wise lr decay, EMA), or
-# that skip on their own terms (the vision recipe: transformers or timm, scikit-learn).
-_OWN_TERMS = {"test_param_groups.py", "test_ema.py", "test_vision_recipe.py"}
+HF = ("transformers", "peft", "safetensors")
+# The language-model test files and what each needs (DeepSpeed's own skip is in its file).
+LLM_TESTS = {"test_finetune_fsdp.py": HF, "test_trainable_checkpoint.py": HF, "test_export.py": HF,
+             "test_policies_and_loading.py": HF, "test_finetune_deepspeed.py": ("safetensors",)}
+
+
+def _missing(names):
+    return [name for name in names if importlib.util.find_spec(name) is None]
 
 
 def pytest_collection_modifyitems(config, items):
-    if not _MISSING:
-        return
-    skip = pytest.mark.skip(reason=f"needs {', '.join(_MISSING)} (run nox -s finetune_llm, which installs them)")
     here = Path(__file__).resolve().parent
     for item in items:
         path = Path(str(item.fspath)).resolve()
-        if here in path.parents and path.name not in _OWN_TERMS:
-            item.add_marker(skip)
+        missing = _missing(LLM_TESTS.get(path.name, ())) if path.parent == here else []
+        if missing:
+            item.add_marker(pytest.mark.skip(
+                reason=f"needs {', '.join(missing)} (run nox -s finetune_llm, which installs them)"))
 
 
 @pytest.fixture(scope="session")

@@ -92,8 +92,8 @@ def export_pretrained(
     save = getattr(model, "save_pretrained", None)
     if not callable(save):
         raise FulmenConfigError(
-            f"{type(model).__name__} has no save_pretrained(); pass the transformers (or peft) model object "
-            "itself, not the fulmen Module that holds it (and set prefix= to its attribute, e.g. 'model.')"
+            f"{type(model).__name__} has no save_pretrained(); pass the pretrained model object itself "
+            "(the one with save_pretrained), not the fulmen Module that holds it (and set prefix= to its attribute, e.g. 'model.')"
         )
     full = read_checkpoint(checkpoint)
     weights = checkpoint_weights(checkpoint, prefix) if prefix else dict(full["state_dict"])
@@ -109,7 +109,7 @@ def export_pretrained(
     if merge_adapters:
         merge = getattr(model, "merge_and_unload", None)
         if not callable(merge):
-            raise FulmenConfigError(f"merge_adapters=True needs a peft model; {type(model).__name__} has no adapters")
+            raise FulmenConfigError(f"merge_adapters=True needs a model with adapters (merge_and_unload()); {type(model).__name__} has none")
         model = merge()
     directory = Path(directory)
     model.save_pretrained(str(directory), **save_kwargs)

@@ -291,7 +291,7 @@ def load_pending(root: nn.Module) -> List[LoadReport]:
         if is_on_meta(module) and not _sharded(module):
             raise FulmenConfigError(
                 f"{type(module).__name__} is still on the meta device after setup, so the weights from {source} "
-                "have nowhere to go; use a sharding strategy (fsdp, deepspeed stage 3) or build the model "
+                "have nowhere to go; use a sharding strategy (FSDP, or ZeRO stage 3) or build the model "
                 "outside the meta device"
             )
         reports.append(load_pretrained(module, source, prefix=prefix, strict=strict))

@@ -99,8 +99,8 @@ def _check_plain(module: nn.Module) -> None:
 
     if any(isinstance(p, DTensor) or hasattr(p, "ds_tensor") for p in module.parameters()):
         raise FulmenConfigError(
-            "TrainableCheckpoint works on unsharded models (single device, DDP); under fsdp or deepspeed "
-            "the checkpoint is already split across ranks, so drop the callback (or train the adapters with "
+            "TrainableCheckpoint works on unsharded models (single device, DDP); under a sharding strategy "
+            "(FSDP, ZeRO stage 3) the checkpoint is already split across ranks, so drop the callback (or train the adapters with "
             "strategy='ddp', which suits models whose base fits one device)"
         )
 
@@ -131,7 +131,7 @@ class TrainableCheckpoint(Callback):
         if not any(p.requires_grad for p in module.parameters()):
             raise FulmenConfigError(
                 "TrainableCheckpoint: no parameter of the model requires gradients, so the checkpoint would "
-                "hold no weights; freeze the base and leave the adapters trainable (peft does), or drop the callback"
+                "hold no weights; freeze the base and leave the adapters trainable (adapter libraries do), or drop the callback"
             )
         checkpoint["state_dict"] = trainable_state_dict(module, checkpoint["state_dict"])
         checkpoint[FINGERPRINT_KEY] = self._fingerprint(module)
@@ -153,6 +153,6 @@ class TrainableCheckpoint(Callback):
         if unknown:
             raise FulmenCheckpointError(
                 f"the checkpoint's trainable parameters {unknown[:5]} are not in the model; build the model "
-                "with the same adapters (peft config: r, target_modules) as the run that saved it"
+                "with the same adapters (adapter config: r, target_modules) as the run that saved it"
             )
         checkpoint["state_dict"] = {**live, **checkpoint["state_dict"]}

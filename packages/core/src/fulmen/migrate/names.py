@@ -197,7 +197,7 @@ _renamed("lightning.pytorch.loggers", {
     "CometLogger": ("fulmen_loggers", "CometLogger"),
 })
 _none("lightning.pytorch.loggers", ["NeptuneLogger"],
-      "Neptune's hosted service has closed: subclass fulmen.loggers.Logger, or use CSVLogger, "
+      "its hosted service has closed: subclass fulmen.loggers.Logger, or use CSVLogger, "
       "fulmen_loggers.TensorBoardLogger, MLflowLogger, WandbLogger, ClearMLLogger or CometLogger")
 
 # -- strategies, accelerators, precision, environments, checkpoint IO -------------------

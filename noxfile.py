@@ -130,7 +130,8 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def deepspeed(session: nox.Session) -> None:
-    """The DeepSpeed strategies for real on 2 CPU processes (``tests/deepspeed``): the
+    """The DeepSpeed strategies for real on 2 CPU processes (``tests/deepspeed``, and
+    pretrained weights loaded into ZeRO-3 partitions from ``tests/finetune``): the
     ``tests`` session's install plus DeepSpeed, pinned and pure Python (``DS_BUILD_OPS=0``).
     Its ops are JIT-compiled on first use (deepspeed_shm_comm_op, 40-60 s) into a cache
     that outlives the session's virtualenv, so they are built once per machine. The default
@@ -139,8 +140,10 @@ def deepspeed(session: nox.Session) -> None:
     session.install(*_find_links(), *TEST_DEPS)
     install_fulmen(session)
     session.install(*_find_links(), "deepspeed==0.19.8", env={"DS_BUILD_OPS": "0"})
+    # safetensors: pretrained weights loaded into ZeRO-3 partitions (tests/finetune's DeepSpeed case).
+    session.install(*_find_links(), "safetensors")
     extensions = os.path.join(getattr(session, "cache_dir", os.path.expanduser("~/.cache")), "torch_extensions")
-    session.run("python", "-m", "pytest", "tests/deepspeed", *session.posargs,
+    session.run("python", "-m", "pytest", "tests/deepspeed", "tests/finetune/test_finetune_deepspeed.py", *session.posargs,
                 env={"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", extensions)})
 
 

@@ -28,6 +28,8 @@ def run_script(*args):
 
 
 def test_killed_and_resumed_run_continues_the_task_and_the_experiment(clearml_env, comet_env, tmp_path):
+    # ClearML's reporter runs in a thread here (conftest's clearml.conf): with its default
+    # subprocess, that subprocess outlives the SIGKILLed parent for a while, holding its pipes.
     root = tmp_path / "run"
     common = ["--root", root, "--loggers", "clearml,comet"]
     first = run_script(*common, "--kill-at", 13, "--wait", 3, "--wait-open")

@@ -82,18 +82,19 @@ def test_tensorboard_trainer_style_in_a_fit(tmp_path):
 
 def _loggers():
     from fulmen.loggers import CSVLogger
-    from fulmen_loggers import MLflowLogger, TensorBoardLogger, WandbLogger
+    from fulmen_loggers import ClearMLLogger, CometLogger, MLflowLogger, TensorBoardLogger, WandbLogger
 
     return {"CSVLogger": CSVLogger, "TensorBoardLogger": TensorBoardLogger, "MLflowLogger": MLflowLogger,
-            "WandbLogger": WandbLogger}
+            "WandbLogger": WandbLogger, "ClearMLLogger": ClearMLLogger, "CometLogger": CometLogger}
 
 
-@pytest.mark.parametrize("name", ["CSVLogger", "TensorBoardLogger", "MLflowLogger", "WandbLogger"])
+@pytest.mark.parametrize("name", ["CSVLogger", "TensorBoardLogger", "MLflowLogger", "WandbLogger", "ClearMLLogger",
+                                  "CometLogger"])
 def test_root_dir_is_save_dir_and_both_is_an_error(tmp_path, name):
     cls = _loggers()[name]
     by_root, by_save = cls(root_dir=tmp_path), cls(save_dir=tmp_path)
     assert by_root.save_dir == by_save.save_dir == str(tmp_path)
-    if name != "WandbLogger":  # a W&B run id is random unless given
+    if name not in ("WandbLogger", "CometLogger"):  # a W&B run id, a Comet key: random unless given
         assert by_root.log_dir == by_save.log_dir and Path(by_root.log_dir).is_relative_to(tmp_path)
     with pytest.raises(FulmenConfigError, match=rf"{name}\(save_dir=.*root_dir=.*pass one of them"):
         cls(save_dir=tmp_path, root_dir=tmp_path / "other")

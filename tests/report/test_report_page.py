@@ -135,3 +135,14 @@ def test_the_browser_shows_the_curves(report, tmp_path):
         assert mask.sum() > 1500, (colour, int(mask.sum()))
         rows.append(np.median(np.nonzero(mask)[0]))
     assert rows[0] < rows[1] < rows[2]
+
+
+def test_output_elsewhere_with_checkpoints_from_another_folder(report, tmp_path):
+    run_dir, checkpoint, _ = report
+    moved = tmp_path / "ckpts"
+    shutil.copytree(checkpoint.dirpath, moved)
+    out = tmp_path / "page"
+    assert fulmen_cli(["report", str(run_dir), "-o", str(out), "--checkpoints", str(moved)]) == 0
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "lr.png", "train.png", "val.png"]
+    assert f'<span class="best">{Path(checkpoint.best_model_path).name}</span>' in text

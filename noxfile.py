@@ -2,7 +2,7 @@
 ``nox -s loggers``, which CI also runs: the logger backends' tests).
 
 Each session builds its own virtualenv from nothing, installs torch (CPU build where this
-machine keeps one on disk) and the five fulmen distributions, then runs.
+machine keeps one on disk) and the six fulmen distributions, then runs.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ PUBLIC_MODULES = [
     "fulmen.loggers",
     "fulmen.io",
     "fulmen.profilers",
+    "fulmen.finetune",
     "fulmen.testing",
     "fulmen.utilities",
     "fulmen_fsdp",

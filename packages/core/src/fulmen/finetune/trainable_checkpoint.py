@@ -127,6 +127,9 @@ class TrainableCheckpoint(Callback):
         return self._cached[1]
 
     def on_save_checkpoint(self, trainer, module, checkpoint) -> None:
+        """Replace the full ``state_dict`` with the trainable tensors and the base's
+        fingerprint: the frozen base is already on disk where it came from, so writing it
+        again with every checkpoint is what makes LoRA checkpoints large."""
         _check_plain(module)
         if not any(p.requires_grad for p in module.parameters()):
             raise FulmenConfigError(
@@ -137,6 +140,9 @@ class TrainableCheckpoint(Callback):
         checkpoint[FINGERPRINT_KEY] = self._fingerprint(module)
 
     def on_load_checkpoint(self, trainer, module, checkpoint) -> None:
+        """Check that the model's frozen base is the one the checkpoint was trained on (its
+        fingerprint), then complete the checkpoint's ``state_dict`` with the base's tensors
+        so that the ordinary restore finds every key; a full checkpoint passes unchanged."""
         saved = checkpoint.get(FINGERPRINT_KEY)
         if saved is None:
             return  # a full checkpoint: nothing to fill in

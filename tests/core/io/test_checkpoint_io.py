@@ -220,3 +220,48 @@ def test_remove_checkpoint(tmp_path):
     io.remove_checkpoint(path)
     assert not path.exists()
     io.remove_checkpoint(path)  # already gone: no error
+
+
+def test_large_blocks_hashed_beside_the_write_round_trip_and_catch_a_flip(tmp_path):
+    """Tensors of several MiB take the path where one thread writes a block while another hashes
+    it: the file must still carry the hash of exactly what was written."""
+    import hashlib
+
+    from fulmen.io import integrity
+
+    state = {"big": torch.arange(3 << 20, dtype=torch.float32), "small": torch.ones(3)}
+    path = tmp_path / "big.ckpt"
+    TorchCheckpointIO().save_checkpoint(state, path)
+    data = path.read_bytes()
+    payload, footer = data[: -integrity.FOOTER_SIZE], data[-integrity.FOOTER_SIZE:]
+    assert footer[len(integrity.MAGIC) + 1: len(integrity.MAGIC) + 1 + integrity.DIGEST_SIZE] == hashlib.sha256(payload).digest()
+    loaded = TorchCheckpointIO().load_checkpoint(path)
+    assert torch.equal(loaded["big"], state["big"]) and torch.equal(loaded["small"], state["small"])
+    flipped = bytearray(data)
+    flipped[len(payload) // 2] ^= 0x10  # inside the big tensor's bytes: torch.load alone would not notice
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(FulmenCheckpointError, match="corrupted"):
+        TorchCheckpointIO().load_checkpoint(path)
+
+
+def test_a_failing_large_write_raises_in_the_caller_and_keeps_the_previous_file(tmp_path):
+    from fulmen.io.integrity import HashingWriter
+
+    class FullDisk:
+        def write(self, data):
+            if memoryview(data).nbytes >= 1 << 20:
+                raise OSError(28, "No space left on device")
+            return memoryview(data).nbytes
+
+    with pytest.raises(OSError, match="No space left"):
+        HashingWriter(FullDisk()).write(bytes(2 << 20))
+    path = tmp_path / "last.ckpt"
+    TorchCheckpointIO().save_checkpoint({"step": torch.tensor(1)}, path)
+    before = path.read_bytes()
+
+    def failing(handle):
+        HashingWriter(FullDisk()).write(bytes(2 << 20))
+
+    with pytest.raises(OSError):
+        atomic_write(path, failing)
+    assert path.read_bytes() == before

@@ -22,6 +22,7 @@ from fulmen.trainer import data as data_utils
 from fulmen.trainer import fit_loop
 from fulmen.trainer.eval_loop import run_evaluation
 from fulmen.trainer.hook_relay import HookRelay
+from fulmen.trainer.pretrained_weights import load_pending_weights
 from fulmen.trainer.metrics import MetricStore
 from fulmen.trainer.optim import parse_optimizers
 from fulmen.trainer.profiling import resolve_profiler
@@ -288,7 +289,7 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
         self._forward_module, self.optimizers, schedulers = self.fabric.setup_module_and_optimizers(
             self._dispatcher, configure
         )
-        self._load_pending_weights()
+        load_pending_weights(self.module)  # deferred by load_pretrained
         self._module_setup_for = module
         if not module.automatic_optimization:
             for opt in self.optimizers:
@@ -332,17 +333,8 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
         if self._module_setup_for is not self.module:
             self._configure_model()
             self._forward_module = self.fabric.setup_module(self._dispatcher)
-            self._load_pending_weights()
+            load_pending_weights(self.module)  # deferred by load_pretrained
             self._module_setup_for = self.module
-
-    def _load_pending_weights(self) -> None:
-        """Pretrained weights that ``fulmen.finetune.load_pretrained`` deferred in ``configure_model``
-        (the model was on the meta device): read now that the strategy holds each rank's shards,
-        before any checkpoint is restored."""
-        from fulmen.finetune.meta_init import has_pending, load_pending
-
-        if has_pending(self.module):
-            load_pending(self.module)
 
     def _step(self, name: str, *args: Any) -> Any:
         """Run ``training_step`` through the strategy's wrapper (precision, gradient sync)."""

@@ -33,3 +33,19 @@ def test_a_plugin_strategy_chosen_by_name_from_yaml(tmp_path):
     ok(run_fulmen("fit", "--config", "run.yaml", *quiet_trainer(tmp_path / "runs"), cwd=tmp_path, pythonpath=[site]))
     record = json.loads((tmp_path / "strategy.json").read_text())
     assert record == {"module": "acme_fulmen_plugin", "marker": "from-acme"}
+
+
+def test_a_second_ddp_run_into_a_used_log_directory_fails_on_every_rank_instead_of_hanging(tmp_path):
+    # No logger: both runs log to default_root_dir, so the second finds the first's config.
+    (tmp_path / "ddp.yaml").write_text(
+        "trainer:\n  strategy: ddp\n  devices: 2\n  accelerator: cpu\n  max_epochs: 1\n  logger: false\n"
+        "model: cli_toy.Regressor\ndata: cli_toy.Points\n")
+    args = ("fit", "--config", "ddp.yaml", *quiet_trainer(tmp_path / "runs"))
+    ok(run_fulmen(*args, cwd=tmp_path, timeout=240))
+    # Before the fix rank 1 waited in the next collective for the rank 0 that had raised;
+    # the timeout turns such a hang into a failure of this test instead of a stuck CI job.
+    second = run_fulmen(*args, cwd=tmp_path, timeout=120)
+    assert second.returncode != 0
+    for rank in (0, 1):  # each rank raised the clear error itself (torch prefixes its traceback)
+        assert f"[rank{rank}]: fulmen.errors.FulmenConfigError: " in second.stderr, second.stderr
+    assert "config.yaml exists: another run already logged to this directory" in second.stderr

@@ -44,17 +44,20 @@ class SaveConfigCallback(Callback):
     def setup(self, trainer, module, stage) -> None:
         if self.already_saved:  # fit then test in one script: the first stage's record stays
             return
-        if self.save_to_log_dir and trainer.is_global_zero:
+        if self.save_to_log_dir:
             path = Path(trainer.log_dir) / self.config_filename
-            if path.exists() and not self.overwrite:
+            # Rank 0 decides and every rank hears it: a rank that raised alone would leave
+            # the others waiting in the next collective (on NCCL, possibly for good).
+            if not self.overwrite and trainer.strategy.broadcast(trainer.is_global_zero and path.exists(), src=0):
                 raise FulmenConfigError(
                     f"{path} exists: another run already logged to this directory. Give this run "
                     "its own directory (--trainer.default_root_dir, or a logger version), or pass "
                     "save_config_kwargs={'overwrite': True} to replace the file"
                 )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(self.parser.dump(self.config, skip_none=False))
-            self.path = path
+            if trainer.is_global_zero:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(self.parser.dump(self.config, skip_none=False))
+                self.path = path
         self.save_config(trainer, module, stage)
         self.already_saved = True
 

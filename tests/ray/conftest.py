@@ -161,6 +161,12 @@ def uninterrupted(ddp_launch, ray_cluster, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def without_logger(ddp_launch, ray_cluster, tmp_path_factory):
+    """The same job with ``logger=False``: rows still reach Ray."""
+    return run_ray_job(tmp_path_factory.mktemp("ray_no_logger"), no_logger=True)
+
+
+@pytest.fixture(scope="session")
 def killed(ddp_launch, ray_cluster, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ray_killed")
     pid_file = tmp / "worker.pid"

@@ -83,6 +83,25 @@ def _kill_switch(config: Dict[str, Any]):
     return KillSwitch()
 
 
+def _logger_view(config: Dict[str, Any]):
+    """What a callback sees of the Trainer's loggers while it trains, written per rank: the
+    user's loggers only, whatever fulmen_ray attaches to collect rows."""
+    import json
+
+    import fulmen
+
+    class LoggerView(fulmen.Callback):
+        def on_train_start(self, trainer):
+            view = {
+                "logger": type(trainer.logger).__name__ if trainer.logger is not None else None,
+                "loggers": [type(logger).__name__ for logger in trainer.loggers],
+                "log_dir": trainer.log_dir, "default_root_dir": str(trainer.default_root_dir),
+            }
+            Path(config["out"], f"loggers{trainer.global_rank}.json").write_text(json.dumps(view))
+
+    return LoggerView()
+
+
 def fit(config: Dict[str, Any], strategy: Any, devices: int = 1, ckpt_path: Optional[str] = None,
         extra_callbacks=()):
     """Train and write ``final.ckpt`` (every rank takes part; rank zero writes it)."""
@@ -97,9 +116,12 @@ def fit(config: Dict[str, Any], strategy: Any, devices: int = 1, ckpt_path: Opti
     callbacks += list(extra_callbacks)
     if config.get("kill_at_step"):
         callbacks.append(_kill_switch(config))
+    callbacks.append(_logger_view(config))
+    out.mkdir(parents=True, exist_ok=True)
+    logger = False if config.get("no_logger") else CSVLogger(out, name="csv", version=0)
     trainer = fulmen.Trainer(
         accelerator="cpu", strategy=strategy, devices=devices, max_epochs=MAX_EPOCHS,
-        logger=CSVLogger(out, name="csv", version=0), callbacks=callbacks, log_every_n_steps=1,
+        logger=logger, callbacks=callbacks, log_every_n_steps=1, default_root_dir=out,
         enable_progress_bar=False, enable_model_summary=False, deterministic=True,
     )
     trainer.fit(module, train_dataloaders=_data(), ckpt_path=ckpt_path)

@@ -89,6 +89,29 @@ def test_every_logged_row_reaches_ray_and_the_csv_logger_once(uninterrupted):
     assert result.checkpoint is not None
 
 
+def logger_views(out):
+    return [json.loads((out / f"loggers{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def test_the_row_collection_leaves_the_users_loggers_alone(uninterrupted):
+    _, out, _ = uninterrupted
+    for view in logger_views(out):
+        assert (view["logger"], view["loggers"]) == ("CSVLogger", ["CSVLogger"])
+        assert view["log_dir"] == str(out / "csv" / "version_0")
+
+
+def test_without_a_logger_rows_still_reach_ray_once_and_trainer_logger_stays_none(without_logger):
+    result, out, reports = without_logger
+    assert result.error is None
+    for view in logger_views(out):
+        assert (view["logger"], view["loggers"]) == (None, [])
+        assert view["log_dir"] == view["default_root_dir"] == str(out)
+    ray_rows = [row for report in reports for row in report["metrics"]["fulmen_rows"]]
+    assert [row["step"] for row in ray_rows] == list(range(1, FINAL_STEP + 1))
+    assert all(isinstance(row["train_loss"], float) for row in ray_rows)
+    assert [r["checkpoint"] for r in reports] == [True] * (FINAL_STEP // EVERY_N_STEPS)
+
+
 def test_a_worker_killed_mid_epoch_is_restarted_and_resumes_exactly(killed, ddp_reference):
     result, out, reports, pid_file = killed
     assert pid_file.exists(), "the worker never announced its PID: nothing was killed"

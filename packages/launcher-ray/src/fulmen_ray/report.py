@@ -26,8 +26,9 @@ ROWS_KEY = "fulmen_rows"
 
 
 class _RowTap(Logger):
-    """The callback's ear on the Trainer's logging: a logger that keeps the rows (global rank
-    zero only receives any) until the callback reports them, and the paths of the files
+    """The callback's ear on the Trainer's logging: a log tap (``Trainer._log_taps``), which
+    gets what the loggers get without being one of them, keeping the rows (global rank zero
+    only receives any) until the callback reports them, and the paths of the files
     ``ModelCheckpoint`` announces."""
 
     def __init__(self, owner: "RayTrainReportCallback") -> None:
@@ -69,10 +70,11 @@ class RayTrainReportCallback(Callback):
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer, stage) -> None:
-        """Put the row tap among the Trainer's loggers (after the user's: ``trainer.logger``
-        and ``log_dir`` stay theirs)."""
-        if stage == "fit" and not any(logger is self._tap for logger in trainer.loggers):
-            trainer.loggers.append(self._tap)
+        """Attach the row tap to the Trainer's logging, beside its loggers rather than among
+        them: ``trainer.logger``, ``loggers`` and ``log_dir`` stay the user's, also with
+        ``logger=False``."""
+        if stage == "fit" and not any(tap is self._tap for tap in trainer._log_taps):
+            trainer._log_taps.append(self._tap)
 
     def on_save_checkpoint(self, trainer, checkpoint) -> None:
         """A full checkpoint is being built: it covers the rows logged so far."""
@@ -95,9 +97,9 @@ class RayTrainReportCallback(Callback):
         self._report(trainer, final=True)
 
     def teardown(self, trainer, stage) -> None:
-        """Take the row tap out of the loggers again: a later stage logs without it."""
-        if stage == "fit" and any(logger is self._tap for logger in trainer.loggers):
-            trainer.loggers.remove(self._tap)
+        """Detach the row tap again: a later stage logs without it."""
+        if stage == "fit" and any(tap is self._tap for tap in trainer._log_taps):
+            trainer._log_taps.remove(self._tap)
 
     # ------------------------------------------------------------------ reporting
     def _report(self, trainer, final: bool) -> None:

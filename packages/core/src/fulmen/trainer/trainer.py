@@ -174,6 +174,11 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
 
         logger = plugin_config.default_logger(logger, self.fabric._plugin_set)  # a distribution's default
         self.loggers = build_loggers(logger, self.fabric.registry, self.default_root_dir)
+        # Listeners a plugin attaches (fulmen_ray's report callback) that receive every row and
+        # checkpoint announcement the loggers get without being loggers: trainer.logger,
+        # loggers, log_dir, hyperparameters, finalize and the loggers' checkpoint state stay
+        # the user's, and rows are produced for them even where the user has no logger.
+        self._log_taps: List[Any] = []
         self.callbacks = build_callbacks(
             self, callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary, max_time,
         )
@@ -536,10 +541,10 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
         self._log_to_loggers(metrics)
 
     def _log_to_loggers(self, metrics: Dict[str, float]) -> None:
-        if not metrics or not self.loggers or self.sanity_checking or not self.is_global_zero:
+        if not metrics or not (self.loggers or self._log_taps) or self.sanity_checking or not self.is_global_zero:
             return
         metrics = {**metrics, "epoch": float(self.current_epoch)}
-        for logger in self.loggers:
+        for logger in (*self.loggers, *self._log_taps):
             logger.log_metrics(metrics, step=self.global_step)
 
     def _finalize_loggers(self, status: str) -> None:

@@ -58,3 +58,29 @@ def test_the_ray_strategy_outside_a_ray_worker_says_how_to_start_one(tmp_path):
         fulmen.Trainer(accelerator="cpu", strategy="ray", logger=False, default_root_dir=tmp_path)
     with pytest.raises(FulmenConfigError, match=r'strategy="ray" runs inside a Ray Train worker'):
         fulmen.Fabric(accelerator="cpu", strategy="ray")
+
+
+def test_a_strategy_with_its_own_checkpoint_format_is_refused_before_training(tmp_path):
+    """Sharded strategies (fsdp, deepspeed) write checkpoint directories, which the report
+    callback cannot hand to Ray yet: refused at setup, naming what works, instead of an
+    IsADirectoryError at the first checkpoint. A strategy of the test's own stands for them."""
+    import os
+
+    import torch
+
+    import ray_programs
+    from fulmen.strategies import SingleDeviceStrategy
+
+    class DirectoryCheckpoints(SingleDeviceStrategy):
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            os.makedirs(path, exist_ok=True)
+            torch.save(checkpoint, os.path.join(path, "rank0.pt"))
+
+    trainer = fulmen.Trainer(
+        accelerator="cpu", strategy=DirectoryCheckpoints(), max_steps=2, logger=False, default_root_dir=tmp_path,
+        callbacks=[fulmen_ray.RayTrainReportCallback()], enable_progress_bar=False, enable_model_summary=False,
+    )
+    with pytest.raises(FulmenConfigError, match=r"strategy DirectoryCheckpoints writes checkpoints in its own "
+                                                r"format .*fsdp and deepspeed.*use strategy=\"ray\""):
+        trainer.fit(ray_programs._module_class()(), train_dataloaders=ray_programs._data())
+    assert trainer.global_step == 0

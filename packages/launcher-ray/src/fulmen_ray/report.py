@@ -17,6 +17,7 @@ import tempfile
 from typing import Any, Dict, List, Optional
 
 from fulmen.callbacks.base import Callback
+from fulmen.errors import FulmenConfigError
 from fulmen.loggers.base import Logger
 
 #: The file name of the fulmen checkpoint inside each checkpoint directory reported to Ray.
@@ -73,6 +74,8 @@ class RayTrainReportCallback(Callback):
         """Attach the row tap to the Trainer's logging, beside its loggers rather than among
         them: ``trainer.logger``, ``loggers`` and ``log_dir`` stay the user's, also with
         ``logger=False``."""
+        if stage == "fit":
+            _refuse_own_checkpoint_format(trainer.strategy)
         if stage == "fit" and not any(tap is self._tap for tap in trainer._log_taps):
             trainer._log_taps.append(self._tap)
 
@@ -136,9 +139,32 @@ def _summary(rows: List[Dict[str, Any]], trainer) -> Dict[str, Any]:
     return latest
 
 
+_SUPPORTED = ('strategy="ray" (DDP over the worker group), or a single worker\'s default strategy, '
+              "with a checkpoint_io that writes one file per checkpoint")
+
+
+def _refuse_own_checkpoint_format(strategy) -> None:
+    """Before the first step, not at the first checkpoint: a strategy with its own checkpoint
+    format (FSDP's and DeepSpeed's sharded directories) is not handed to Ray yet."""
+    from fulmen.strategies.base import Strategy
+
+    if type(strategy).save_checkpoint is not Strategy.save_checkpoint:
+        raise FulmenConfigError(
+            f"RayTrainReportCallback hands single-file checkpoints to Ray, and strategy "
+            f"{type(strategy).__name__} writes checkpoints in its own format (sharded strategies "
+            f"such as fsdp and deepspeed write directories), which fulmen-ray does not support "
+            f"yet: use {_SUPPORTED}."
+        )
+
+
 def _place(source: str, target: str) -> None:
     """The checkpoint file in the folder Ray uploads: a hard link where possible (the file
     is never written again; ModelCheckpoint writes new files and renames atomically)."""
+    if os.path.isdir(source):  # a checkpoint_io that writes directories
+        raise FulmenConfigError(
+            f"RayTrainReportCallback hands single-file checkpoints to Ray, and {source} is a "
+            f"checkpoint directory, which fulmen-ray does not support yet: use {_SUPPORTED}."
+        )
     try:
         os.link(source, target)
     except OSError:

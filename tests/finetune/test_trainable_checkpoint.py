@@ -118,3 +118,81 @@ def test_trainable_state_dict_keeps_trainable_parameters_only(tiny_base):
     module = CausalLM(tiny_base, lora=2)
     state = trainable_state_dict(module)
     assert state and all("lora_" in k for k in state)
+
+
+class FrozenBatchNormNet(fulmen.Module):
+    """A frozen backbone with a BatchNorm left in train mode (its running statistics change
+    while its parameters stay) under a trainable head."""
+
+    def __init__(self, backbone_seed: int = 0, head_seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(backbone_seed)
+        self.backbone = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8))
+        self.backbone.requires_grad_(False)
+        torch.manual_seed(head_seed)
+        self.head = torch.nn.Linear(8, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.head(self.backbone(x)), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.head.parameters(), lr=0.1)
+
+
+def regression_loader():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 6, generator=generator)
+    data = torch.utils.data.TensorDataset(x, x.sum(dim=1, keepdim=True))
+    return torch.utils.data.DataLoader(data, batch_size=8, shuffle=False)
+
+
+def test_frozen_batch_norm_statistics_are_saved_and_resume_exactly(tmp_path):
+    reference = FrozenBatchNormNet()
+    saver = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1, filename="{step}")
+    trainer(6, [TrainableCheckpoint(), saver]).fit(reference, regression_loader())
+    checkpoint = torch.load(tmp_path / "step=3.ckpt", weights_only=True)
+    assert "backbone.1.running_mean" in checkpoint["state_dict"]  # the statistics moved: they are saved
+    assert "backbone.0.weight" not in checkpoint["state_dict"]  # the frozen parameters are not
+    assert set(checkpoint["frozen_base"]["tensors"]) == {"backbone.0.weight", "backbone.0.bias",
+                                                         "backbone.1.weight", "backbone.1.bias"}
+
+    resumed = FrozenBatchNormNet(head_seed=1)  # other head: it must come from the checkpoint
+    trainer(6, [TrainableCheckpoint()]).fit(resumed, regression_loader(), ckpt_path=str(tmp_path / "step=3.ckpt"))
+    expected, got = reference.state_dict(), resumed.state_dict()
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[n], got[n]) for n in expected), [n for n in expected if not torch.equal(expected[n], got[n])]
+
+    with pytest.raises(FulmenCheckpointError, match=r"different frozen base.*backbone\.0\.weight: different values"):
+        trainer(6, [TrainableCheckpoint()]).fit(FrozenBatchNormNet(backbone_seed=1), regression_loader(),
+                                               ckpt_path=str(tmp_path / "step=3.ckpt"))
+
+
+def test_fingerprint_hashes_the_float64_bytes_without_numpy():
+    import hashlib
+    import subprocess
+    import sys
+
+    from fulmen.finetune.trainable_checkpoint import _value_digest
+
+    values = torch.randn(5, 3, dtype=torch.bfloat16)
+    expected = hashlib.sha256(values.to(torch.float64).numpy().tobytes()).hexdigest()[:16]
+    assert _value_digest(values) == expected  # the digests of checkpoints written before stay valid
+    code = (
+        "import sys\n"
+        "class NoNumpy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'numpy' or name.startswith('numpy.'):\n"
+        "            raise ModuleNotFoundError('numpy is blocked in this test', name=name)\n"
+        "sys.meta_path.insert(0, NoNumpy())\n"
+        "import torch\n"
+        "from fulmen.finetune import base_fingerprint\n"
+        "torch.manual_seed(0)\n"
+        "model = torch.nn.Linear(100, 100).requires_grad_(False)\n"
+        "print(base_fingerprint(model)['hash'])\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    torch.manual_seed(0)
+    model = torch.nn.Linear(100, 100).requires_grad_(False)
+    assert run.stdout.strip() == base_fingerprint(model)["hash"]

@@ -3,9 +3,10 @@
 With LoRA (or any fine-tune that freezes most of a model) the frozen base is already on
 disk as the pretrained weights; writing it into every checkpoint makes each file the size
 of the model for a few megabytes of adapters. ``TrainableCheckpoint`` cuts the checkpoint's
-``state_dict`` down to the parameters that require gradients (and the buffers of the
-modules that own them) and stores a fingerprint of the frozen base in their place: the
-names, shapes and dtypes of the frozen tensors and a hash of their values. Loading checks
+``state_dict`` down to the parameters that require gradients and every buffer (small, and a
+frozen module's buffers still change: a BatchNorm in train mode updates its running
+statistics), and stores a fingerprint of the frozen base in their place: the names, shapes
+and dtypes of the frozen parameters and a hash of their values. Loading checks
 the fingerprint against the model being resumed, so adapters trained on one base are never
 silently applied to another, and fills the frozen entries from that model, so the resume
 is exact.
@@ -16,8 +17,9 @@ already small when the optimizer holds only the trainable parameters).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -29,25 +31,25 @@ FINGERPRINT_KEY = "frozen_base"
 _SAMPLES = 4096  # values hashed per tensor: enough to tell two trainings apart, cheap for big ones
 
 
-def _trainable_names(module: nn.Module) -> Tuple[set, set]:
-    """(trainable parameter names, names of buffers of modules owning one)."""
-    params, buffers = set(), set()
-    for prefix, sub in module.named_modules():
-        own = [n for n, p in sub._parameters.items() if p is not None and p.requires_grad]
-        if not own:
-            continue
-        dot = prefix + "." if prefix else ""
-        params.update(dot + n for n in own)
-        buffers.update(dot + n for n, b in sub._buffers.items() if b is not None)
-    return params, buffers
+def _frozen_names(module: nn.Module) -> set:
+    """Names (every alias of a tied one) of the parameters that do not require gradients."""
+    return {n for n, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
 
 
 def trainable_state_dict(module: nn.Module, state: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The entries of ``state`` (default ``module.state_dict()``) that training changes:
-    parameters with ``requires_grad`` and the buffers of the modules that own them."""
+    everything but the frozen parameters (so the trainable parameters, and all buffers and
+    extra states, which are small and may change in a frozen module too)."""
     state = module.state_dict() if state is None else state
-    params, buffers = _trainable_names(module)
-    return {k: v for k, v in state.items() if k in params or k in buffers}
+    frozen = _frozen_names(module)
+    return {k: v for k, v in state.items() if k not in frozen}
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The raw bytes of a tensor, read through ctypes: ``Tensor.numpy()`` would make numpy,
+    which torch does not depend on, a requirement of every trainable checkpoint."""
+    tensor = tensor.detach().cpu().contiguous()
+    return ctypes.string_at(tensor.data_ptr(), tensor.numel() * tensor.element_size())
 
 
 def _value_digest(tensor: torch.Tensor) -> str:
@@ -55,18 +57,17 @@ def _value_digest(tensor: torch.Tensor) -> str:
     if flat.numel() > _SAMPLES:  # evenly spaced values, always including the last one
         index = torch.linspace(0, flat.numel() - 1, _SAMPLES, device=flat.device).long()
         flat = flat[index]
-    data = flat.to(torch.float64).cpu().numpy().tobytes()
-    return hashlib.sha256(data).hexdigest()[:16]
+    return hashlib.sha256(_tensor_bytes(flat.to(torch.float64))).hexdigest()[:16]
 
 
 def base_fingerprint(module: nn.Module) -> Dict[str, Any]:
-    """Names, shapes, dtypes and a value hash of the frozen tensors of ``module`` (what a
-    trainable-only checkpoint relies on being the same when it is loaded)."""
-    params, buffers = _trainable_names(module)
+    """Names, shapes, dtypes and a value hash of the frozen parameters of ``module`` (what
+    a trainable-only checkpoint relies on being the same when it is loaded). Buffers are
+    left out: the checkpoint holds them, and a frozen module's running statistics change."""
     tensors: Dict[str, List[Any]] = {}
     digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        if name in params or name in buffers or not isinstance(tensor, torch.Tensor):
+    for name, tensor in module.named_parameters():
+        if tensor.requires_grad:
             continue
         value = _value_digest(tensor)
         tensors[name] = [list(tensor.shape), str(tensor.dtype).replace("torch.", ""), value]
@@ -111,20 +112,12 @@ class TrainableCheckpoint(Callback):
 
     Use it with any checkpointing (``ModelCheckpoint``, ``trainer.save_checkpoint``):
     ``Trainer(callbacks=[TrainableCheckpoint(), ModelCheckpoint(...)])``. The fingerprint
-    is computed once per set of frozen tensors (the base does not change while frozen).
+    is computed at every save and load (a few thousand values per frozen tensor), never
+    cached: parameters can be frozen or unfrozen, or reloaded, between two saves.
     Such a file is not a whole model: ``Module.load_from_checkpoint`` cannot rebuild one from
     it; resume through this callback, or write a loadable directory with
     :func:`fulmen.finetune.export_pretrained` on the pretrained model with the same adapters.
     """
-
-    def __init__(self) -> None:
-        self._cached: Optional[Tuple[Tuple[str, ...], Dict[str, Any]]] = None
-
-    def _fingerprint(self, module: nn.Module) -> Dict[str, Any]:
-        frozen = tuple(n for n, p in module.named_parameters() if not p.requires_grad)
-        if self._cached is None or self._cached[0] != frozen:
-            self._cached = (frozen, base_fingerprint(module))
-        return self._cached[1]
 
     def on_save_checkpoint(self, trainer, module, checkpoint) -> None:
         """Replace the full ``state_dict`` with the trainable tensors and the base's
@@ -137,7 +130,7 @@ class TrainableCheckpoint(Callback):
                 "hold no weights; freeze the base and leave the adapters trainable (adapter libraries do), or drop the callback"
             )
         checkpoint["state_dict"] = trainable_state_dict(module, checkpoint["state_dict"])
-        checkpoint[FINGERPRINT_KEY] = self._fingerprint(module)
+        checkpoint[FINGERPRINT_KEY] = base_fingerprint(module)
 
     def on_load_checkpoint(self, trainer, module, checkpoint) -> None:
         """Check that the model's frozen base is the one the checkpoint was trained on (its
@@ -147,7 +140,7 @@ class TrainableCheckpoint(Callback):
         if saved is None:
             return  # a full checkpoint: nothing to fill in
         _check_plain(module)
-        differences = compare_fingerprints(saved, self._fingerprint(module))
+        differences = compare_fingerprints(saved, base_fingerprint(module))
         if differences:
             raise FulmenCheckpointError(
                 "this checkpoint holds trainable parameters for a different frozen base than the model "

@@ -84,3 +84,31 @@ def test_by_name_offline_writes_its_archive_into_the_run_directory(comet_env, tm
 def test_bad_mode_is_refused_at_construction(tmp_path):
     with pytest.raises(ValueError, match="mode='sometimes'.*get_or_create"):
         CometLogger(save_dir=tmp_path, mode="sometimes")
+
+
+def test_the_api_key_reaches_comet_without_outliving_the_logger_in_module_state(comet_env, tmp_path):
+    """The key is handed to the sink object, not kept in a module-level table where every
+    logger's secret would stay for the life of the process; nor is it written to meta.json."""
+    import fulmen_loggers.comet_logger as comet_module
+
+    secret = "fulmen0test0api0key0abcdef0123456789"
+    logger = CometLogger(api_key=secret, project="fulmen-test", online=False, save_dir=tmp_path,
+                         log_code=False, log_git_metadata=False, log_git_patch=False, **FAST)
+    logger.log_metrics({"loss": 1.0}, step=1)
+    assert logger.wait_delivered(timeout=60)
+    assert logger.dispatcher._sink.api_key == secret  # what the sink passes to comet_ml.start
+    logger.finalize("success")
+    assert logger.remaining == 0 and logger.dispatcher is None
+
+    def holds(value, depth=0):
+        if isinstance(value, str):
+            return secret in value
+        if depth < 3 and isinstance(value, dict):
+            return any(holds(k, depth + 1) or holds(v, depth + 1) for k, v in value.items())
+        if depth < 3 and isinstance(value, (list, tuple, set)):
+            return any(holds(v, depth + 1) for v in value)
+        return False
+
+    assert not [name for name, value in vars(comet_module).items() if holds(value)]
+    delivery = Path(logger.log_dir) / "fulmen-delivery"
+    assert not [p for p in delivery.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]

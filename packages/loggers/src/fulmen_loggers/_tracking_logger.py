@@ -16,7 +16,7 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from fulmen.loggers.arguments import prefixed
 from fulmen.loggers.base import Logger
@@ -35,7 +35,7 @@ from fulmen_loggers._records import (
     FulmenLoggerWarning,
     read_json,
 )
-from fulmen_loggers._sink import DeliveryOptions, load_sink_factory
+from fulmen_loggers._sink import DeliveryOptions, Sink, load_sink_factory
 from fulmen_loggers._spool import Spool
 
 
@@ -148,7 +148,7 @@ class TrackingLogger(Logger):
                 if self._restored_identity:
                     settings["restored_identity"] = dict(self._restored_identity)
                 dispatcher = Dispatcher(
-                    load_sink_factory(self.SINK),
+                    self._sink_factory(),
                     self.delivery_dir,
                     self.LABEL,
                     self._options,
@@ -160,6 +160,12 @@ class TrackingLogger(Logger):
                 self._resume_step = None  # applied once, by this generation
                 self._dispatcher = dispatcher
         return self._dispatcher
+
+    def _sink_factory(self) -> Callable[[Dict[str, Any]], Sink]:
+        """What builds this run's sink from ``meta.json``'s settings: ``SINK`` by default. A
+        logger overrides it to hand the sink what must never be written to disk (an API key);
+        ``fulmen loggers replay`` builds from ``SINK`` alone."""
+        return load_sink_factory(self.SINK)
 
     @property
     def dispatcher(self) -> Optional[Dispatcher]:

@@ -42,11 +42,6 @@ CONFIG_DEFAULTS = {
 }
 
 
-# API keys given to a logger, by experiment key: the sink reads them here (or ``$COMET_API_KEY``)
-# so that a secret never lands in the run directory's meta.json.
-_API_KEYS: Dict[str, str] = {}
-
-
 def generate_key() -> str:
     """A new experiment key: 32 hexadecimal characters, which Comet accepts (32 to 50 alphanumerics)."""
     return uuid.uuid4().hex
@@ -142,9 +137,14 @@ class CometLogger(TrackingLogger):
         given = self._config.get("offline_directory") or os.environ.get("COMET_OFFLINE_DIRECTORY")
         return str(given) if given else str(Path(self.log_dir).resolve())
 
+    def _sink_factory(self):
+        """The API key goes to the sink object itself, never into ``meta.json`` nor module
+        state: it lives as long as this logger's delivery. A replay reads ``$COMET_API_KEY``
+        or Comet's config file."""
+        api_key = self._api_key
+        return lambda meta: CometSink(meta, api_key=api_key)
+
     def _settings(self) -> Dict[str, Any]:
-        if self._api_key:
-            _API_KEYS[self.version] = self._api_key
         config = dict(CONFIG_DEFAULTS)
         config.update(self._config)
         config["offline_directory"] = self.offline_directory
@@ -164,12 +164,12 @@ class CometSink(Sink):
 
     label = "Comet"
 
-    def __init__(self, meta: Dict[str, Any]) -> None:
+    def __init__(self, meta: Dict[str, Any], api_key: Optional[str] = None) -> None:
         self.settings = dict(meta.get("settings") or {})
         self.key = str(self.settings["experiment_key"])
         self.experiment = None
         self.offline: Optional[bool] = None
-        self.api_key = _API_KEYS.get(self.key)  # None: Comet reads $COMET_API_KEY or its config file
+        self.api_key = api_key  # None: Comet reads $COMET_API_KEY or its config file
 
     def open(self, resume_step: Optional[int]) -> Dict[str, Any]:
         """Start (or continue: ``get_or_create``) the experiment with the logger's key."""

@@ -77,3 +77,17 @@ def test_export_refuses_other_base_and_bad_arguments(tiny_base, other_base, tmp_
         export_pretrained(path, module, tmp_path / "x")
     with pytest.raises(FulmenCheckpointError, match="prefix='backbone.'.*model."):
         export_pretrained(path, wrong, tmp_path / "x", prefix="backbone.")
+
+
+def test_corrupted_checkpoint_is_refused_by_its_checksum(tiny_base, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    path = fit(CausalLM(tiny_base), tmp_path, steps=1)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2  # inside the tensor data: torch.load alone would read it back silently
+    data[middle:middle + 8] = bytes(255 - b for b in data[middle:middle + 8])
+    path.write_bytes(bytes(data))
+    fresh = AutoModelForCausalLM.from_pretrained(str(tiny_base))
+    with pytest.raises(FulmenCheckpointError, match="corrupt"):
+        export_pretrained(path, fresh, tmp_path / "export", prefix="model.")
+    assert not (tmp_path / "export").exists()

@@ -25,7 +25,11 @@ PathLike = Union[str, os.PathLike]
 
 
 def _read_file(path: Path) -> Dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Through fulmen's own reader: ``weights_only`` and the footer's checksum, so a corrupted
+    or truncated file is refused with FulmenCheckpointError instead of exported."""
+    from fulmen.io.checkpoint_io import TorchCheckpointIO
+
+    return TorchCheckpointIO().load_checkpoint(path, map_location="cpu")
 
 
 def read_checkpoint(path: PathLike) -> Dict[str, Any]:
@@ -53,7 +57,11 @@ def checkpoint_weights(path: PathLike, prefix: str = "") -> Dict[str, torch.Tens
     """The model weights of a fulmen checkpoint, with ``prefix`` (the attribute path of the
     model inside the fulmen ``Module``, for example ``"model."``) removed from the names
     and entries outside it dropped."""
-    checkpoint = read_checkpoint(path)
+    return _weights_of(read_checkpoint(path), prefix, path)
+
+
+def _weights_of(checkpoint: Dict[str, Any], prefix: str, path: PathLike) -> Dict[str, torch.Tensor]:
+    """:func:`checkpoint_weights` of a checkpoint already read (``path`` names it in errors)."""
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise FulmenCheckpointError(f"{path} is not a fulmen checkpoint (no 'state_dict' entry)")
@@ -96,7 +104,7 @@ def export_pretrained(
             "(the one with save_pretrained), not the fulmen Module that holds it (and set prefix= to its attribute, e.g. 'model.')"
         )
     full = read_checkpoint(checkpoint)
-    weights = checkpoint_weights(checkpoint, prefix) if prefix else dict(full["state_dict"])
+    weights = _weights_of(full, prefix, checkpoint)  # the file is read once
     fingerprint = full.get("frozen_base")
     if fingerprint is not None:
         _check_base(model, fingerprint, prefix)

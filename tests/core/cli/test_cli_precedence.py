@@ -3,6 +3,7 @@ hyperparameters > defaults; ``--ckpt_path`` resumes."""
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from cli_helpers import checkpoint_state, ok, only, quiet_trainer, run_fulmen
@@ -50,3 +51,34 @@ def test_print_config_round_trips(tmp_path):
     (tmp_path / "printed.yaml").write_text(yaml.safe_dump(first))
     assert printed("--config", "printed.yaml", cwd=tmp_path) == first
     assert first["model"]["init_args"]["hidden"] == 9 and first["trainer"]["max_epochs"] == 4
+
+
+def test_hyperparameters_of_a_sharded_checkpoint_directory_take_their_place_in_the_precedence(tmp_path):
+    # A real FSDP run (1 process on the CPU) writes each checkpoint as a directory.
+    pytest.importorskip("fulmen_fsdp")
+    model = ["--model", "cli_toy.Regressor", "--data", "cli_toy.Points"]
+    ok(run_fulmen("fit", *model, "--model.hidden", "7", "--model.name", "sharded", "--data.batch_size", "16",
+                  "--trainer.strategy", "fsdp", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+                  "--trainer.max_epochs", "1", *quiet_trainer(tmp_path / "first"), cwd=tmp_path))
+    ckpt = only((tmp_path / "first").rglob("*.ckpt"))
+    assert ckpt.is_dir()
+    config = printed(*model, "--ckpt_path", str(ckpt), "--model.name", "typed", cwd=tmp_path)
+    assert config["model"]["init_args"] == {"hidden": 7, "lr": 0.1, "name": "typed"}
+    assert config["data"]["init_args"]["batch_size"] == 16
+
+
+def test_an_unreadable_checkpoint_is_one_cli_error_naming_ckpt_path(tmp_path):
+    model = ["--model", "cli_toy.Regressor", "--data", "cli_toy.Points"]
+    ok(run_fulmen("fit", *model, "--trainer.max_epochs", "1", *quiet_trainer(tmp_path / "first"), cwd=tmp_path))
+    ckpt = only((tmp_path / "first").rglob("*.ckpt"))
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: the checksum no longer matches
+    ckpt.write_bytes(bytes(data))
+    missing = tmp_path / "nowhere.ckpt"
+    for path, why in ((ckpt, "is corrupted"), (missing, "does not exist")):
+        proc = run_fulmen("fit", *model, "--ckpt_path", str(path), *quiet_trainer(tmp_path / "second"), cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert f"--ckpt_path {path}: cannot read the checkpoint's hyperparameters" in proc.stderr
+        assert why in proc.stderr and "Nothing was run." in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

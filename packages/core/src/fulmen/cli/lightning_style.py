@@ -228,16 +228,14 @@ class CLI:
         """The checkpoint's hyperparameters as the first config: above the defaults, below
         every file and option the user gave (Lightning applies them over those, #21455)."""
         ckpt_path = arguments.find_key(layers, "ckpt_path")
-        if not isinstance(ckpt_path, str) or ckpt_path in ("last", "best") or not os.path.isfile(ckpt_path):
+        if not isinstance(ckpt_path, str) or ckpt_path in ("last", "best"):
             return []
         import yaml
 
-        from fulmen.module import HPARAMS_KEY, _read_checkpoint
+        from fulmen.cli.checkpoint_hparams import checkpoint_hyperparameters
 
-        checkpoint = _read_checkpoint(ckpt_path, "cpu", None)
         layer: Dict[str, Any] = {}
-        for key, entry in (("model", HPARAMS_KEY), ("data", "datamodule_hyper_parameters")):
-            hparams = checkpoint.get(entry) or {}
+        for key, hparams in checkpoint_hyperparameters(ckpt_path).items():
             node = self._schema.nodes.get(key)
             if not hparams or node is None:
                 continue

@@ -59,12 +59,16 @@ class TorchCheckpointIO(CheckpointIO):
 
     ``safe_globals`` is the opt-in for files that hold your own classes: list them and they
     (and only they) may be rebuilt while loading. ``verify=False`` reads files that have no
-    fulmen footer (for example a plain ``torch.save`` from another tool).
+    fulmen footer (for example a plain ``torch.save`` from another tool). ``mmap=True`` maps
+    the tensors' bytes instead of reading them into memory, for a reader that wants only the
+    small entries of a large checkpoint (the CLI's hyperparameters); the checksum is still
+    verified, by one streaming pass.
     """
 
-    def __init__(self, verify: bool = True, safe_globals: Optional[Sequence[Any]] = None) -> None:
+    def __init__(self, verify: bool = True, safe_globals: Optional[Sequence[Any]] = None, mmap: bool = False) -> None:
         self.verify = verify
         self.safe_globals = list(safe_globals or ())
+        self.mmap = mmap
 
     def save_checkpoint(self, checkpoint: Dict[str, Any], path: PathLike, storage_options: Optional[Any] = None) -> None:
         """``torch.save`` into a temporary file next to ``path``, a SHA-256 footer, fsync, then a
@@ -101,7 +105,7 @@ class TorchCheckpointIO(CheckpointIO):
 
         def load() -> Dict[str, Any]:
             with allowed:
-                return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+                return torch.load(path, map_location=map_location or "cpu", weights_only=True, mmap=self.mmap)
 
         try:
             return integrity.verified_load(path, load) if self.verify else load()

@@ -355,3 +355,22 @@ def test_log_model_modes(tmp_path, mode):
         assert all(s and Path(s).name == n for s, (n, _) in zip(staged, uploads))
     else:
         assert uploads == []
+
+
+def test_a_sink_batch_limit_groups_runs_of_metrics_and_parameters_and_sends_the_rest_alone():
+    """ClearML's, Comet's and W&B's sinks share this grouping through ``batch_limit``."""
+    from fulmen_loggers._records import ARTIFACT, END, PARAMS, Record
+    from fulmen_loggers.clearml_logger import ClearMLSink
+    from fulmen_loggers.comet_logger import CometSink
+    from fulmen_loggers.wandb_logger import WandbSink
+
+    kinds = [METRICS, PARAMS, METRICS, METRICS, ARTIFACT, METRICS, END]
+    records = [Record(0, n, kind, n, 0, {}) for n, kind in enumerate(kinds)]
+
+    class Grouping(Sink):
+        batch_limit = 3
+
+    assert [[r.n for r in chunk] for chunk in Grouping().chunks(records)] == [[0, 1, 2], [3], [4], [5], [6]]
+    assert [[r.n for r in chunk] for chunk in Sink().chunks(records)] == [[n] for n in range(7)]
+    for sink in (ClearMLSink, CometSink, WandbSink):
+        assert sink.batch_limit == 1000 and sink.chunks is Sink.chunks

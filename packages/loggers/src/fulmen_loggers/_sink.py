@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from fulmen_loggers._records import Record
+from fulmen_loggers._records import METRICS, PARAMS, Record
 
 
 class Sink:
@@ -27,10 +27,32 @@ class Sink:
         thread, again after a failure; ``resume_step`` is set when a checkpoint resumed the run."""
         return {}
 
+    # Metrics and parameters records sent together, up to this many a call, for a backend
+    # whose client only queues them locally (ClearML, Comet, W&B); an artifact and the run's
+    # end still go alone. None: one record a call.
+    batch_limit: Optional[int] = None
+
     def chunks(self, records: List[Record]) -> Iterator[List[Record]]:
-        """The records grouped into backend calls, in order (one ``send`` each); by default one record a call."""
+        """The records grouped into backend calls, in order (one ``send`` each): runs of metrics
+        and parameters records of up to ``batch_limit``, everything else alone."""
+        if self.batch_limit is None:
+            for record in records:
+                yield [record]
+            return
+        chunk: List[Record] = []
         for record in records:
+            if record.kind in (METRICS, PARAMS):
+                chunk.append(record)
+                if len(chunk) >= self.batch_limit:
+                    yield chunk
+                    chunk = []
+                continue
+            if chunk:
+                yield chunk
+                chunk = []
             yield [record]
+        if chunk:
+            yield chunk
 
     def send(self, chunk: List[Record]) -> None:
         """Deliver one chunk; raise if any of it may not have arrived: it is retried, or kept in

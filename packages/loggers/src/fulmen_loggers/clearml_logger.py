@@ -151,6 +151,7 @@ class ClearMLSink(Sink):
     ``connect``, ``upload_artifact`` and ``close``."""
 
     label = "ClearML"
+    batch_limit = 1000  # each metrics or parameters record is a local call into the client's queue
 
     def __init__(self, meta: Dict[str, Any]) -> None:
         self.settings = dict(meta.get("settings") or {})
@@ -185,24 +186,6 @@ class ClearMLSink(Sink):
             self.offline_folder = str(self.task.get_offline_mode_folder())
             identity["offline_folder"] = self.offline_folder
         return identity
-
-    def chunks(self, records: List[Record]) -> Iterator[List[Record]]:
-        """Scalars and parameters in groups of up to 1,000 records (each is a local call into
-        ClearML's reporter queue); an artifact and the run's end each go alone."""
-        chunk: List[Record] = []
-        for record in records:
-            if record.kind in (METRICS, PARAMS):
-                chunk.append(record)
-                if len(chunk) >= 1000:
-                    yield chunk
-                    chunk = []
-                continue
-            if chunk:
-                yield chunk
-                chunk = []
-            yield [record]
-        if chunk:
-            yield chunk
 
     def send(self, chunk: List[Record]) -> None:
         """Scalars at their step, parameters into the task's section, checkpoints as artifacts,

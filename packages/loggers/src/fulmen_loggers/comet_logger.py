@@ -19,7 +19,7 @@ import re
 import uuid
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from fulmen.loggers.arguments import resolve_save_dir
 
@@ -163,6 +163,7 @@ class CometSink(Sink):
     ``log_parameters``, ``log_model`` and ``end``."""
 
     label = "Comet"
+    batch_limit = 1000  # each metrics or parameters record is a local call into the client's queue
 
     def __init__(self, meta: Dict[str, Any], api_key: Optional[str] = None) -> None:
         self.settings = dict(meta.get("settings") or {})
@@ -189,24 +190,6 @@ class CometSink(Sink):
         )
         self.offline = isinstance(self.experiment, comet_ml.OfflineExperiment)
         return {"experiment_key": self.experiment.get_key(), "offline": self.offline}
-
-    def chunks(self, records: List[Record]) -> Iterator[List[Record]]:
-        """Metrics and parameters in groups of up to 1,000 records (each is a local call into
-        Comet's message queue); an artifact and the run's end each go alone."""
-        chunk: List[Record] = []
-        for record in records:
-            if record.kind in (METRICS, PARAMS):
-                chunk.append(record)
-                if len(chunk) >= 1000:
-                    yield chunk
-                    chunk = []
-                continue
-            if chunk:
-                yield chunk
-                chunk = []
-            yield [record]
-        if chunk:
-            yield chunk
 
     def send(self, chunk: List[Record]) -> None:
         """Metrics at their step, flat parameters, checkpoints as model files, and ``end`` (which

@@ -165,6 +165,7 @@ class WandbLogger(TrackingLogger):
 class WandbSink(Sink):
     """Drives one ``wandb`` run from the delivery thread: ``wandb.init``, ``run.log``, artifacts, ``finish``."""
     label = "W&B"
+    batch_limit = 1000  # each metrics or parameters record is a local call into the client's queue
 
     def __init__(self, meta: Dict[str, Any]) -> None:
         self.settings = dict(meta.get("settings") or {})
@@ -199,23 +200,6 @@ class WandbSink(Sink):
         except (TypeError, ValueError):
             self.run = wandb.init(reinit=True, **kwargs)
         return {"id": self.run.id, "project": self.run.project, "dir": str(self.run.dir)}
-
-    def chunks(self, records: List[Record]) -> Iterator[List[Record]]:
-        """Metrics and config in groups of up to 1,000 records; an artifact and the run's end each go alone."""
-        chunk: List[Record] = []
-        for record in records:
-            if record.kind in (METRICS, PARAMS):
-                chunk.append(record)
-                if len(chunk) >= 1000:
-                    yield chunk
-                    chunk = []
-                continue
-            if chunk:
-                yield chunk
-                chunk = []
-            yield [record]
-        if chunk:
-            yield chunk
 
     def send(self, chunk: List[Record]) -> None:
         """History rows at their step, config updates, checkpoint artifacts, and ``finish`` at the

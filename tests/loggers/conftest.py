@@ -77,3 +77,23 @@ def comet_env(clean_backend_env, tmp_path):
     clean_backend_env.setenv("COMET_DISABLE_AUTO_LOGGING", "1")
     clean_backend_env.setenv("HOME", str(tmp_path / "home"))
     return tmp_path / "comet_offline"
+
+
+@pytest.fixture
+def fit_beside_reference(tmp_path):
+    """The tracking loggers' main test run: 2 epochs of the boring module with the logger under
+    test and a ``RecordingLogger`` beside it (what the backend must hold), every step logged,
+    and a ``ModelCheckpoint`` keeping the best by ``val_loss``. Returns the reference logger."""
+    import fulmen
+    from helpers import BoringModule, loader, quiet_trainer
+    from logger_helpers import RecordingLogger
+
+    def fit(logger):
+        reference = RecordingLogger()
+        checkpoint = fulmen.callbacks.ModelCheckpoint(monitor="val_loss", save_top_k=1)
+        trainer = quiet_trainer(tmp_path, logger=[logger, reference], max_epochs=2, log_every_n_steps=1,
+                                callbacks=[checkpoint])
+        trainer.fit(BoringModule(), loader(), loader())
+        return reference
+
+    return fit

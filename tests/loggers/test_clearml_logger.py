@@ -12,9 +12,7 @@ import pytest
 pytest.importorskip("clearml")
 
 from helpers import BoringModule, loader, quiet_trainer  # noqa: E402
-from logger_helpers import RecordingLogger  # noqa: E402
 
-import fulmen  # noqa: E402
 from fulmen_loggers import ClearMLLogger  # noqa: E402
 from fulmen_loggers.clearml_logger import join_name, read_offline_scalars, split_name  # noqa: E402
 
@@ -34,14 +32,11 @@ def test_metric_names_map_to_title_and_series_and_back():
     assert split_name("a/b/c") == ("a/b", "c") and split_name("/x") == ("/x", "/x")
 
 
-def test_offline_task_holds_every_step_once_hyperparameters_and_checkpoints(clearml_env, tmp_path):
+def test_offline_task_holds_every_step_once_hyperparameters_and_checkpoints(clearml_env, tmp_path,
+                                                                         fit_beside_reference):
     logger = ClearMLLogger(project_name="fulmen-test", task_name="boring", tags=["ci"], save_dir=tmp_path,
                            log_model="all", **FAST)
-    reference = RecordingLogger()
-    checkpoint = fulmen.callbacks.ModelCheckpoint(monitor="val_loss", save_top_k=1)
-    trainer = quiet_trainer(tmp_path, logger=[logger, reference], max_epochs=2, log_every_n_steps=1,
-                            callbacks=[checkpoint])
-    trainer.fit(BoringModule(), loader(), loader())
+    reference = fit_beside_reference(logger)
     assert logger.remaining == 0
     assert Path(logger.log_dir) == tmp_path / "clearml" / "fulmen-test" / "version_0"
 

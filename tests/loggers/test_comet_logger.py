@@ -11,9 +11,7 @@ import pytest
 pytest.importorskip("comet_ml")
 
 from helpers import BoringModule, loader, quiet_trainer  # noqa: E402
-from logger_helpers import RecordingLogger  # noqa: E402
 
-import fulmen  # noqa: E402
 from fulmen_loggers import CometLogger  # noqa: E402
 from fulmen_loggers.comet_logger import offline_archives, read_archive, read_offline_metrics  # noqa: E402
 
@@ -27,16 +25,12 @@ def series(directory, key):
     return out
 
 
-def test_offline_archive_holds_every_step_once_parameters_and_checkpoints(comet_env, tmp_path):
+def test_offline_archive_holds_every_step_once_parameters_and_checkpoints(comet_env, tmp_path, fit_beside_reference):
     offline = tmp_path / "archives"
     logger = CometLogger(project="fulmen-test", online=False, save_dir=tmp_path, log_model="all",
                          offline_directory=str(offline), name="boring", tags=["ci"], log_code=False,
                          log_git_metadata=False, log_git_patch=False, **FAST)
-    reference = RecordingLogger()
-    checkpoint = fulmen.callbacks.ModelCheckpoint(monitor="val_loss", save_top_k=1)
-    trainer = quiet_trainer(tmp_path, logger=[logger, reference], max_epochs=2, log_every_n_steps=1,
-                            callbacks=[checkpoint])
-    trainer.fit(BoringModule(), loader(), loader())
+    reference = fit_beside_reference(logger)
     assert logger.remaining == 0
     assert Path(logger.log_dir) == tmp_path / "comet" / "fulmen-test" / logger.version
     assert logger.identity["experiment_key"] == logger.version and logger.identity["offline"] is True

@@ -34,6 +34,15 @@ CASES = {
         [*MODEL, "--trainer.callbacks", '[{"class_path": "fulmen.callbacks.EarlyStopping", "init_args": {"monitr": "val_loss"}}]'],
         ["unknown key 'trainer.callbacks[0].init_args.monitr'", "'trainer.callbacks[0].init_args.monitor' (str)"],
     ),
+    "model class that cannot be imported": (
+        ["--model", "cli_toy.Regresor", "--data", "cli_toy.Points"],
+        ["'model' (on the command line): cannot import class 'cli_toy.Regresor'", "full dotted path"],
+    ),
+    "callback class that cannot be imported": (
+        [*MODEL, "--trainer.callbacks", '[{"class_path": "fulmen.callbacks.EarlyStoping"}]'],
+        ["'trainer.callbacks[0]' (on the command line): cannot import class 'fulmen.callbacks.EarlyStoping'",
+         "full dotted path"],
+    ),
     "no model": (
         ["--trainer.max_epochs", "1"],
         ["missing: 'model'", "--model package.module.Class"],

@@ -126,6 +126,17 @@ def _class_from(value: Any) -> Optional[str]:
     return None
 
 
+def _imported(path: str, class_path: str, source: str) -> type:
+    """The class ``class_path`` names, or the error saying where it was written."""
+    cls = import_class(class_path)
+    if cls is None:
+        raise FulmenCLIError(
+            f"'{path}' ({source}): cannot import class '{class_path}'; give its full dotted path "
+            f"(package.module.Class) and check that the package is installed. {NOTHING_RAN}"
+        )
+    return cls
+
+
 def _check_slot(path: str, value: Any, node: SlotNode, source: str, schema: Schema,
                 class_paths: Dict[str, str]) -> None:
     class_path = _class_from(value) or class_paths.get(path)
@@ -133,12 +144,7 @@ def _check_slot(path: str, value: Any, node: SlotNode, source: str, schema: Sche
         raise FulmenCLIError(f"'{path}.class_path' ({source}) must be a dotted class name. {NOTHING_RAN}")
     if class_path is None:
         return  # only init_args here; the class comes from another layer or the parser says it is missing
-    cls = import_class(class_path)
-    if cls is None:
-        raise FulmenCLIError(
-            f"'{path}' ({source}): cannot import class '{class_path}'; give its full dotted path "
-            f"(package.module.Class) and check that the package is installed. {NOTHING_RAN}"
-        )
+    cls = _imported(path, class_path, source)
     if not issubclass(cls, node.base):
         raise FulmenCLIError(
             f"'{path}' ({source}): '{class_path}' is not a subclass of "
@@ -170,12 +176,7 @@ def _check_components(path: str, value: Any, source: str, schema: Schema) -> Non
         if class_path is None:
             continue
         where = path if index is None else f"{path}[{index}]"
-        cls = import_class(class_path)
-        if cls is None:
-            raise FulmenCLIError(
-                f"'{where}' ({source}): cannot import class '{class_path}'; give its full dotted path "
-                f"(package.module.Class) and check that the package is installed. {NOTHING_RAN}"
-            )
+        cls = _imported(where, class_path, source)
         params = init_parameters(cls)
         given = item.get("init_args") or {}
         if not isinstance(given, dict):

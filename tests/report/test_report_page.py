@@ -146,3 +146,40 @@ def test_output_elsewhere_with_checkpoints_from_another_folder(report, tmp_path)
     text = (out / "index.html").read_text(encoding="utf-8")
     assert sorted(p.name for p in out.iterdir()) == ["index.html", "lr.png", "train.png", "val.png"]
     assert f'<span class="best">{Path(checkpoint.best_model_path).name}</span>' in text
+
+
+def test_a_sharded_checkpoint_directory_is_sized_by_its_files_and_ranked_from_its_metadata(report, tmp_path):
+    """FSDP and DeepSpeed write each checkpoint as a ``*.ckpt`` directory: its size is what
+    its files hold, and ModelCheckpoint's state is read from its small metadata file (the
+    directory itself is never handed to torch.load); one without a known metadata file gets a
+    note instead of a ranking."""
+    import os
+
+    run_dir, checkpoint, _ = report
+    moved = tmp_path / "ckpts"
+    shutil.copytree(checkpoint.dirpath, moved)
+    sharded = moved / "epoch=9-step=99.ckpt"
+    sharded.mkdir()
+    shutil.copyfile(checkpoint.best_model_path, sharded / "fulmen_checkpoint.pt")  # fulmen-strategy-fsdp's layout
+    (sharded / "shards").mkdir()
+    (sharded / "shards" / "__0_0.distcp").write_bytes(b"\0" * 3_000_000)
+    newest = max(p.stat().st_mtime for p in moved.glob("*.ckpt")) + 10
+    os.utime(sharded, (newest, newest))  # the newest checkpoint: the one whose state is read
+    size = sum(p.stat().st_size for p in sharded.rglob("*") if p.is_file())
+
+    out = tmp_path / "page"
+    assert fulmen_cli(["report", str(run_dir), "-o", str(out), "--checkpoints", str(moved)]) == 0
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert f"<td>{sharded.name}</td>" in page.replace('<td class="num">', "<td>")
+    assert f"{size / 1e6:.2f} MB" in page and size > 3_000_000
+    assert f'<span class="best">{Path(checkpoint.best_model_path).name}</span>' in page  # ranking read
+    assert "could not be read" not in page
+
+    foreign = moved / "foreign.ckpt"
+    foreign.mkdir()
+    (foreign / "weights.bin").write_bytes(b"\1" * 1000)
+    os.utime(foreign, (newest + 10, newest + 10))
+    assert fulmen_cli(["report", str(run_dir), "-o", str(out), "--checkpoints", str(moved)]) == 0
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "foreign.ckpt is a checkpoint directory without a metadata file the report reads" in page
+    assert '<span class="best">' not in page and "0.00 MB" in page

@@ -138,11 +138,12 @@ def flatten(data: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 
 def read_checkpoints(run: Run, directory: Optional[Path] = None) -> None:
-    """The ``*.ckpt`` files in the run's ``checkpoints`` folder (or ``directory``), with scores
-    and the best/last marks from the ModelCheckpoint state in the newest of them."""
+    """The ``*.ckpt`` files and sharded checkpoint directories in the run's ``checkpoints``
+    folder (or ``directory``), with scores and the best/last marks from the ModelCheckpoint
+    state in the newest of them."""
     folder = Path(directory) if directory is not None else run.directory / "checkpoints"
     files = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
-    run.checkpoints = [Checkpoint(path=p, size=p.stat().st_size) for p in files]
+    run.checkpoints = [Checkpoint(path=p, size=_size(p)) for p in files]
     if not files:
         return
     state = _model_checkpoint_state(files[-1], run.notes)
@@ -160,12 +161,30 @@ def read_checkpoints(run: Run, directory: Optional[Path] = None) -> None:
         checkpoint.last = bool(last) and name == last
 
 
+def _size(path: Path) -> int:
+    """Bytes on disk: a sharded checkpoint (a directory) counts every file in it."""
+    if not path.is_dir():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
 def _model_checkpoint_state(path: Path, notes: List[str]) -> Dict[str, Any]:
-    """The first ModelCheckpoint's state saved in checkpoint ``path`` (loaded as data only)."""
+    """The first ModelCheckpoint's state saved in checkpoint ``path`` (loaded as data only).
+    The tensors are memory-mapped, never read: only the callbacks' small entries are wanted.
+    A sharded directory is read through its metadata file (which holds everything but the
+    shards); one without a known metadata file is not consolidated just for the ranking."""
+    from fulmen.cli.checkpoint_hparams import DIRECTORY_METADATA_FILES
     from fulmen.io.checkpoint_io import TorchCheckpointIO
 
+    if path.is_dir():
+        found = [path / name for name in DIRECTORY_METADATA_FILES if (path / name).is_file()]
+        if not found:
+            notes.append(f"{path.name} is a checkpoint directory without a metadata file the report "
+                         f"reads ({', '.join(DIRECTORY_METADATA_FILES)}): ModelCheckpoint's ranking is not shown")
+            return {}
+        path = found[0]
     try:
-        checkpoint = TorchCheckpointIO().load_checkpoint(path, map_location="cpu")
+        checkpoint = TorchCheckpointIO(mmap=True).load_checkpoint(path, map_location="cpu")
     except Exception as exc:  # a damaged or foreign file must not stop the report
         notes.append(f"{path.name} could not be read for ModelCheckpoint's ranking: {exc}")
         return {}

@@ -46,3 +46,11 @@ def other_base(tmp_path_factory) -> Path:
     from ft_helpers import save_tiny_gpt2
 
     return save_tiny_gpt2(tmp_path_factory.mktemp("other_gpt2"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A tiny Llama (rotary embedding with a non-persistent ``inv_freq`` buffer)."""
+    from ft_helpers import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))

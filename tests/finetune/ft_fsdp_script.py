@@ -5,7 +5,8 @@ Phases, all in the same processes: ``ddp`` (reference losses), ``fsdp_named``
 (``auto_wrap_policy={"GPT2Block"}``), ``fsdp_auto`` (the default policy, read from the
 model's ``_no_split_modules``, with activation checkpointing ``"auto"``) and ``meta``
 (the model built on the meta device in ``configure_model`` and filled shard by shard by
-``fulmen.finetune.load_pretrained``; its logits against a plain ``from_pretrained``).
+``fulmen.finetune.load_pretrained``; its logits against a plain ``from_pretrained``), and
+``llama`` (the same for a tiny Llama, whose rotary ``inv_freq`` no weights file holds).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def units(module):
     return sorted({type(m).__name__ for m in module.modules() if isinstance(m, FSDPModule)})
 
 
-def main(base: Path, out: Path) -> None:
+def main(base: Path, out: Path, llama: Path) -> None:
     results = {}
     for name, strategy in [
         ("ddp", "ddp"),
@@ -80,8 +81,19 @@ def main(base: Path, out: Path) -> None:
         meta["logits_equal"] = bool(torch.equal(expected, probe.logits))
         meta["logits_max_diff"] = float((expected - probe.logits).abs().max())
     results["meta"] = meta
+    probe = Probe(llama, meta=True)
+    run = trainer(FSDPStrategy(auto_wrap_policy={"LlamaDecoderLayer"}))
+    run.validate(probe, token_loader(2, batch_size=1), verbose=False)
+    if run.global_rank == 0:
+        from transformers import AutoModelForCausalLM
+
+        reference = AutoModelForCausalLM.from_pretrained(str(llama)).eval()
+        with torch.no_grad():
+            expected = reference(input_ids=FIXED).logits
+        results["llama"] = {"logits_equal": bool(torch.equal(expected, probe.logits)),
+                            "logits_max_diff": float((expected - probe.logits).abs().max())}
     (out / f"rank_{run.global_rank}.json").write_text(json.dumps(results))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))

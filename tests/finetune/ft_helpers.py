@@ -41,6 +41,18 @@ def save_tiny_gpt2(directory: Path, seed: int = 0) -> Path:
     return Path(directory)
 
 
+def save_tiny_llama(directory: Path, seed: int = 0) -> Path:
+    """A randomly initialised tiny Llama written by ``save_pretrained``: its rotary
+    embedding keeps ``inv_freq`` as a non-persistent buffer, which no weights file holds."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=SEQ)
+    LlamaForCausalLM(config).save_pretrained(str(directory))
+    return Path(directory)
+
+
 def corpus_tokens() -> torch.Tensor:
     """Bytes of a few standard-library modules: a real, offline text corpus."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])

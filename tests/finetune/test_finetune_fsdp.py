@@ -1,6 +1,7 @@
 """FSDP on 2 real processes (gloo, CPU): layer-class wrapping gives DDP's losses, and a model
 built on the meta device and filled shard by shard gives plain ``from_pretrained``'s logits
-while each rank reads only its share of the weights."""
+while each rank reads only its share of the weights (also a Llama, whose rotary buffers no
+weights file holds)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ class Launch(list):
 
 
 @pytest.fixture(scope="module")
-def launch(tiny_base, tmp_path_factory):
+def launch(tiny_base, tiny_llama, tmp_path_factory):
     """One launch; its output directory is kept as ``launch.out`` for the export test."""
     out = tmp_path_factory.mktemp("ft_fsdp")
-    proc = run([PYTHON, HERE / "ft_fsdp_script.py", tiny_base, out], out, "fsdp")
+    proc = run([PYTHON, HERE / "ft_fsdp_script.py", tiny_base, out, tiny_llama], out, "fsdp")
     assert proc.returncode == 0, proc.log[-6000:]
     results = Launch(read_json(out / f"rank_{r}.json") for r in range(2))
     results.out = out
@@ -53,6 +54,11 @@ def test_meta_init_and_sharded_loading_match_from_pretrained(launch):
         assert meta["bytes_read"] <= 0.55 * meta["full_bytes"]
         assert meta["local_numel"] <= 0.55 * meta["total_numel"]
     assert sum(r["meta"]["local_numel"] for r in launch) == launch[0]["meta"]["total_numel"]
+
+
+def test_meta_llama_under_fsdp_gets_its_rotary_buffers(launch):
+    """inv_freq is a non-persistent buffer: recomputed at materialisation, not garbage."""
+    assert launch[0]["llama"]["logits_equal"], launch[0]["llama"]["logits_max_diff"]
 
 
 def test_sharded_checkpoint_exports_to_from_pretrained(launch, tiny_base, tmp_path):

@@ -63,6 +63,37 @@ def test_meta_model_filled_on_one_device_matches_from_pretrained(tiny_base):
         assert torch.equal(model.eval()(input_ids=X).logits, reference(tiny_base)(input_ids=X).logits)
 
 
+def test_meta_llama_gets_its_rotary_buffers_recomputed(tiny_llama):
+    """Llama's rotary ``inv_freq`` is a non-persistent buffer: no file holds it, so after
+    materialisation it must be computed again, not left as uninitialised memory."""
+    from fulmen.finetune.hf import causal_lm_from_config
+
+    with torch.device("meta"):
+        model = causal_lm_from_config(tiny_llama)
+    load_pretrained(model, tiny_llama, device=torch.device("cpu"))
+    expected = reference(tiny_llama)
+    for name, buffer in expected.named_buffers():
+        assert torch.equal(model.get_buffer(name), buffer), name
+    with torch.no_grad():
+        assert torch.equal(model.eval()(input_ids=X % 256).logits, expected(input_ids=X % 256).logits)
+
+
+def test_meta_non_persistent_buffer_that_cannot_be_recomputed_is_an_error(tmp_path):
+    from safetensors.torch import save_file
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 4)
+            self.register_buffer("scale", torch.full((4,), 2.0), persistent=False)
+
+    save_file(Scaled().state_dict(), str(tmp_path / "model.safetensors"))
+    with torch.device("meta"):
+        model = Scaled()
+    with pytest.raises(FulmenConfigError, match=r"non-persistent buffer 'scale' of .*Scaled.*persistent=True"):
+        load_pretrained(model, tmp_path, device=torch.device("cpu"))
+
+
 def test_trainer_single_device_configure_model_with_load_pretrained(tiny_base):
     class Probe(CausalLM):
         def validation_step(self, batch, batch_idx):

@@ -355,10 +355,17 @@ class FSDPStrategy(DDPStrategy):
 
         if meta:
             device = torch.device("cpu") if offload is not None else self.root_device
+            # Non-persistent buffers are recomputed there (or refused): no file holds them.
             missing = materialize_meta_tensors(module, device)
-            # Weights announced with fulmen.finetune.load_pretrained arrive after setup.
-            deferred = any(getattr(m, "_fulmen_pretrained", None) for m in module.modules())
-            if missing and self.is_global_zero and not deferred:
+            # A strict fulmen.finetune.load_pretrained deferred past setup fills every parameter and
+            # persistent buffer of its module: only what no such load covers is worth a warning.
+            loads = [(n, m._fulmen_pretrained) for n, m in module.named_modules() if getattr(m, "_fulmen_pretrained", None)]
+            missing = [
+                name for name in missing
+                if not any(strict and (not owner or name == owner or name.startswith(owner + "."))
+                           for owner, (_, _, strict) in loads)
+            ]
+            if missing and self.is_global_zero:
                 warnings.warn(
                     f"modules created on the meta device without a reset_parameters() method hold "
                     f"uninitialised memory: {', '.join(missing[:10])}. Define reset_parameters() on them, or "

@@ -40,7 +40,10 @@ def has_meta_tensors(module: nn.Module) -> bool:
 def materialize_meta_tensors(root: nn.Module, device: torch.device) -> List[str]:
     """Give real storage to the meta-device tensors of the sharded ``root`` and initialise
     them with each module's ``reset_parameters()``; returns the modules that had meta
-    tensors but no ``reset_parameters`` (their values are uninitialised memory).
+    parameters or persistent buffers but no ``reset_parameters`` (their values are
+    uninitialised memory until a checkpoint or ``load_pretrained`` fills them). A module
+    without ``reset_parameters`` whose non-persistent buffers were on the meta device gets
+    them recomputed (no file holds them), or a FulmenConfigError saying how to build it.
 
     One module at a time, its parameters are initialised at full size on this process and
     each rank keeps its slice: the peak is one module's parameters, never the model, and
@@ -49,12 +52,15 @@ def materialize_meta_tensors(root: nn.Module, device: torch.device) -> List[str]
     devices where DTensor has no distributed random generator, such as the CPU)."""
     from torch.distributed.tensor import DTensor, Replicate
 
+    from fulmen.finetune.meta_init import fill_non_persistent_buffers, meta_non_persistent_buffers
+
     missing = []
     for name, module in root.named_modules():
         meta = [(kind, n, t) for kind, n, t in _direct_tensors(module) if t.is_meta]
         if not meta:
             continue
         real = {n: t.detach().clone() for kind, n, t in _direct_tensors(module) if not t.is_meta}
+        non_persistent = meta_non_persistent_buffers(module)
         module.to_empty(device=device, recurse=False)
         for n, value in real.items():  # to_empty does not spare the tensors that were real
             target = getattr(module, n)
@@ -63,7 +69,9 @@ def materialize_meta_tensors(root: nn.Module, device: torch.device) -> List[str]
             )
         reset = getattr(module, "reset_parameters", None)
         if not callable(reset):
-            missing.append(name or type(module).__name__)
+            fill_non_persistent_buffers(module, non_persistent, device, name)
+            if len(meta) > len(non_persistent):  # parameters or persistent buffers: left to a load
+                missing.append(name or type(module).__name__)
             continue
         meta_names = {n for kind, n, _ in meta if kind == "param"}
         sharded_params = {}

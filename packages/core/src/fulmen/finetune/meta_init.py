@@ -168,13 +168,70 @@ def _check_shape(name: str, saved: Tuple[int, ...], live: Tuple[int, ...]) -> No
         )
 
 
+def meta_non_persistent_buffers(module: nn.Module) -> List[str]:
+    """Names of ``module``'s own non-persistent buffers still on the meta device: no
+    checkpoint holds them (Llama's ``rotary_emb.inv_freq``), so once ``to_empty`` gives
+    them storage only :func:`fill_non_persistent_buffers` can give them values."""
+    skip = module._non_persistent_buffers_set
+    return [n for n, b in module._buffers.items() if b is not None and b.is_meta and n in skip]
+
+
+@torch.no_grad()
+def fill_non_persistent_buffers(module: nn.Module, names: Sequence[str], device: torch.device, where: str = "") -> None:
+    """Real values for the non-persistent buffers ``names`` of ``module`` (materialised from
+    the meta device, so holding uninitialised memory), which no weights file can supply.
+
+    Their values are computed by the module's constructor, so a module built from a config
+    (every ``transformers`` module keeps it as ``.config``) is built again from it on the CPU,
+    and its buffers are copied over; the dtype stays the one the model converted them to.
+    Any other module gets a clear error: garbage here would silently change every output."""
+    if not names:
+        return
+    fresh = _rebuilt_from_config(module)
+    label = f"{where or type(module).__name__} ({type(module).__name__})"
+    for name in names:
+        value = None if fresh is None else fresh._buffers.get(name)
+        current = module._buffers[name]
+        if value is None or value.is_meta or tuple(value.shape) != tuple(current.shape):
+            raise FulmenConfigError(
+                f"the non-persistent buffer {name!r} of {label} was created on the meta device; no weights "
+                "file holds it and fulmen cannot recompute it (the module has no .config to rebuild it from), "
+                "so it would hold uninitialised memory. Create that module outside the meta device (for "
+                "example in __init__ instead of configure_model), register the buffer with persistent=True "
+                "so that the checkpoint holds it, or give the module a reset_parameters() that fills it"
+            )
+        module._buffers[name] = value.to(device=device, dtype=current.dtype)
+    for attr, value in list(vars(module).items()):  # plain tensor attributes copied from a buffer
+        if isinstance(value, torch.Tensor) and value.is_meta and isinstance(getattr(fresh, attr, None), torch.Tensor):
+            setattr(module, attr, getattr(fresh, attr).to(device=device, dtype=value.dtype))
+
+
+def _rebuilt_from_config(module: nn.Module) -> Optional[nn.Module]:
+    config = getattr(module, "config", None)
+    if config is None:
+        return None
+    try:
+        with torch.device("cpu"):  # over the meta device the model was built under
+            return type(module)(config)
+    except Exception:  # a constructor that takes more than the config: not rebuildable here
+        return None
+
+
 def _materialize_plain_meta(module: nn.Module, device: torch.device) -> None:
     """Storage for tensors still on the meta device of an unsharded module (a model built
-    with ``init_module(empty_init=True)`` on a strategy that does not shard)."""
+    with ``init_module(empty_init=True)`` on a strategy that does not shard); the weights
+    file fills the parameters and persistent buffers, the non-persistent ones are computed
+    here (:func:`fill_non_persistent_buffers`)."""
     aliases = _tied_names(module)  # to_empty gives each alias its own storage: tie them again
-    for sub in module.modules():
+    for name, sub in module.named_modules():
         if any(t.is_meta for t in list(sub._parameters.values()) + list(sub._buffers.values()) if t is not None):
+            non_persistent = meta_non_persistent_buffers(sub)
             sub.to_empty(device=device, recurse=False)
+            reset = getattr(sub, "reset_parameters", None)
+            if non_persistent and callable(reset):
+                reset()  # the module's own initialisation; the file then overwrites its weights
+            else:
+                fill_non_persistent_buffers(sub, non_persistent, device, name)
     for alias, name in aliases.items():
         owner, _, attr = alias.rpartition(".")
         setattr(module.get_submodule(owner), attr, module.get_parameter(name))

@@ -169,6 +169,74 @@ def test_batch_norm_buffers_are_averaged_and_counters_left_alone(tmp_path):
     assert "layer.1.running_mean" not in EMAWeightAveraging(use_buffers=False)._names
 
 
+class FrozenBackbone(BoringModule):
+    """A frozen backbone under a trainable head; the optimizer holds every parameter, so
+    unfreezing the backbone (``requires_grad_``) is all it takes to train it."""
+
+    def __init__(self):
+        super().__init__(lr=0.1)
+        self.layer = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 1))
+        self.layer[0].requires_grad_(False)
+
+
+class Unfreeze(Callback):
+    """Listed after the EMA callback: unfreezes the backbone at the start of ``epoch``, and
+    records the backbone's raw weights after every optimizer step."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch, self.steps = epoch, []
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        if trainer.current_epoch >= self.epoch:
+            module.layer[0].requires_grad_(True)
+
+    def on_train_batch_end(self, trainer, module) -> None:
+        self.steps.append([p.detach().clone() for p in module.layer[0].parameters()])
+
+
+def test_frozen_parameters_are_not_copied(tmp_path):
+    ema = EMAWeightAveraging(decay=0.9)
+    model = FrozenBackbone()
+    frozen = {n: p.detach().clone() for n, p in model.layer[0].named_parameters()}
+    trainer, model = _fit(tmp_path, [ema], model=model, max_epochs=2, val=False)
+    assert set(ema.averaged_state_dict()) == {"layer.1.weight", "layer.1.bias"}
+    assert sum(t.numel() * t.element_size() for t in ema._average) == (16 + 1) * 4  # the head only
+    assert all(torch.equal(frozen[n], p) for n, p in model.layer[0].named_parameters())
+    saved = torch.load(next((tmp_path / "checkpoints").glob("*.ckpt")), weights_only=True)["state_dict"]
+    assert torch.equal(saved["layer.0.weight"], frozen["weight"])  # the others as they are
+    assert torch.equal(saved["layer.1.weight"], ema.averaged_state_dict()["layer.1.weight"])
+
+
+def test_unfrozen_parameters_join_the_average_with_their_current_value(tmp_path):
+    ema, unfreeze = EMAWeightAveraging(decay=0.8), Unfreeze(epoch=1)
+    _fit(tmp_path, [ema, unfreeze], model=FrozenBackbone(), max_epochs=3, val=False, limit_train_batches=4,
+         enable_checkpointing=False)
+    assert {"layer.0.weight", "layer.0.bias"} <= set(ema.averaged_state_dict())
+    expected, _ = _hand_ema(unfreeze.steps[4:], decay=0.8)  # from the first update after the unfreeze
+    averaged = ema.averaged_state_dict()
+    for name, want in zip(("layer.0.weight", "layer.0.bias"), expected):
+        assert torch.allclose(averaged[name].double(), want, atol=1e-6), name
+    assert not torch.equal(averaged["layer.0.weight"], unfreeze.steps[4][0])  # it did average
+
+
+def test_exact_resume_after_an_unfreeze(tmp_path):
+    def callbacks():
+        ema = EMAWeightAveraging(decay=0.8)
+        return ema, [ema, Unfreeze(epoch=1), ModelCheckpoint(dirpath=tmp_path / "ckpts", filename="{step}",
+                                                            every_n_train_steps=6, save_top_k=-1)]
+
+    ema_a, cbs = callbacks()
+    _, straight = _fit(tmp_path / "a", cbs, max_epochs=3, limit_train_batches=4, model=FrozenBackbone())
+    ema_b, cbs = callbacks()
+    _, resumed = _fit(tmp_path / "b", cbs, max_epochs=3, limit_train_batches=4, model=FrozenBackbone(),
+                      ckpt_path=str(tmp_path / "ckpts" / "step=6.ckpt"))
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert ema_a.averaged_state_dict().keys() == ema_b.averaged_state_dict().keys()
+    for name, a in ema_a.averaged_state_dict().items():
+        assert torch.equal(a, ema_b.averaged_state_dict()[name]), name
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(decay=1.0), r"decay=1.0\) must be a number in \[0, 1\)"),
     (dict(decay=-0.1), "must be a number in"),

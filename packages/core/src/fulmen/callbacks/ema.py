@@ -17,6 +17,15 @@ checkpoint by a validation metric all give the weights that were measured; the t
 weights go under ``"current_model_state"`` (Lightning's key) and come back on resume, with the
 update counters in the callback's own state: a resumed run continues bit-identically.
 
+What is averaged: the parameters that require gradients, and the floating buffers. Frozen
+parameters do not change, so their average is themselves; copying them would double the
+memory of a LoRA run for nothing (the frozen base is nearly the whole model). When the
+trainable set grows (``BackboneFinetuning`` unfreezes a backbone), the new parameters join
+the average with their current value, checked at the first update of each epoch (where
+finetuning callbacks unfreeze) so that a step pays one flag test. A parameter once averaged
+stays averaged, also if it is frozen again. The checkpoint's ``state_dict`` holds the
+average of the averaged tensors and the others as they are.
+
 Where it differs from Lightning's, and why: validation outside ``fit`` (``trainer.validate``)
 is left alone — after fit the module already holds the average, and with ``ckpt_path`` the
 checkpoint's own (averaged) weights are what should be measured, not an average from an
@@ -95,9 +104,12 @@ class EMAWeightAveraging(Callback):
         self.update_starting_at_epoch = update_starting_at_epoch
         self.use_ema_for_validation = bool(use_ema_for_validation)
         self.warmup = bool(warmup)
-        # The averaged tensors, index-aligned with _names/_live (the module's parameters,
-        # then its floating buffers when use_buffers).
+        # The averaged tensors, index-aligned with _names/_live (the module's trainable
+        # parameters, then its floating buffers when use_buffers).
         self._names: List[str] = []
+        self._module: Optional[nn.Module] = None
+        self._check_trainable = False  # set at each epoch start: look for unfrozen parameters
+        self._resumed_names: List[str] = []  # what the checkpoint being resumed had averaged
         self._live: List[torch.Tensor] = []
         self._average: List[torch.Tensor] = []
         self._backup: Optional[List[torch.Tensor]] = None  # training weights while swapped out
@@ -152,6 +164,11 @@ class EMAWeightAveraging(Callback):
         if self._pending is not None:
             self._load_average(self._pending)
             self._pending = None
+
+    def on_train_epoch_start(self) -> None:
+        """Finetuning callbacks unfreeze here (in any order with this one): look for newly
+        trainable parameters at the next update."""
+        self._check_trainable = True
 
     def on_train_batch_end(self, trainer) -> None:
         """Update after an optimizer step that :meth:`should_update` picks; a batch that did
@@ -210,31 +227,54 @@ class EMAWeightAveraging(Callback):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:
-        """The update counters (the averaged weights are the checkpoint's ``state_dict``)."""
+        """The update counters and the names of the averaged tensors (the averaged weights
+        are the checkpoint's ``state_dict``)."""
         return {
             "num_updates": self._num_updates,
             "latest_update_step": self._latest_update_step,
             "latest_update_epoch": self._latest_update_epoch,
+            "averaged_names": list(self._names),
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore the counters, so ``should_update`` and the warmup continue where they were."""
+        """Restore the counters, so ``should_update`` and the warmup continue where they were,
+        and which tensors were averaged (a parameter unfrozen before the checkpoint may not be
+        trainable yet when the average is rebuilt)."""
         self._num_updates = int(state["num_updates"])
         self._latest_update_step = int(state["latest_update_step"])
         self._latest_update_epoch = int(state.get("latest_update_epoch", -1))
+        self._resumed_names = list(state.get("averaged_names", ()))
 
     # ------------------------------------------------------------------ the work
     def _build(self, module: nn.Module) -> None:
-        tracked = list(module.named_parameters())
+        keep = set(self._resumed_names)
+        self._resumed_names = []
+        tracked = [(n, p) for n, p in module.named_parameters() if p.requires_grad or n in keep]
         if self._use_buffers:
             tracked += [(n, b) for n, b in module.named_buffers() if b.is_floating_point()]
+        self._module = module
         self._names = [n for n, _ in tracked]
         self._live = [t for _, t in tracked]
         with torch.no_grad():
             self._average = [t.detach().to(self._device or t.device, copy=True) for t in self._live]
         self._backup = None
+        self._check_trainable = False
+
+    def _add_unfrozen(self) -> None:
+        """Parameters that became trainable since the average was built join it with their
+        current value (their average so far is that value: they have not changed)."""
+        self._check_trainable = False
+        known = set(self._names)
+        joined = [(n, p) for n, p in self._module.named_parameters() if p.requires_grad and n not in known]
+        with torch.no_grad():
+            for name, param in joined:
+                self._names.append(name)
+                self._live.append(param)
+                self._average.append(param.detach().to(self._device or param.device, copy=True))
 
     def _update(self) -> None:
+        if self._check_trainable and self._module is not None:
+            self._add_unfrozen()
         with torch.no_grad():
             live = self._live if self._device is None else [t.to(self._device) for t in self._live]
             if self._num_updates == 0:

@@ -273,7 +273,9 @@ def load_pretrained(
     the module. Returns a :class:`LoadReport`; returns ``None`` when ``module`` is still on
     the meta device and is owned by a fulmen ``Trainer`` run in progress: the weights are
     then read right after the strategy sets the module up. Outside the Trainer, call it
-    after ``fabric.setup(model)``.
+    after ``fabric.setup(model)``. Non-persistent buffers (no file holds them: Llama's
+    rotary ``inv_freq``) of a meta-built model are computed again when it is materialised
+    (:func:`fill_non_persistent_buffers`), or refused if they cannot be.
     """
     if is_on_meta(module) and not _sharded(module):
         if device is None:

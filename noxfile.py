@@ -63,6 +63,8 @@ def tests(session: nox.Session) -> None:
     session.install(*_find_links(), "jsonargparse[signatures]>=4.53,<5")  # fulmen[cli], for tests/core/cli
     # Optional for users; installed here so self.log(name, Metric) is tested (tests/core/trainer).
     session.install(*_find_links(), "torchmetrics>=1.3")
+    # The Lightning corpus's Fabric program logs to TensorBoard (tests/migration); without it, it is skipped.
+    session.install(*_find_links(), "tensorboard")
     session.run("python", "-m", "pytest", "tests", *session.posargs)
 
 

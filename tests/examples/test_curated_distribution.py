@@ -95,5 +95,5 @@ def test_a_project_layer_that_the_installed_set_does_not_meet_fails_the_check(si
         f"required plugin 'fulmen-strategy-fsdp' (from {sources}) needs fulmen-strategy-fsdp<0.1,<0.2,>=0.1 but "
         "fulmen-strategy-fsdp 0.1.0 is installed. Fix: pip install 'fulmen-strategy-fsdp<0.1,<0.2,>=0.1'",
         f"required plugin 'acme-tracker' (acme-tracker>=1.2, from {tmp_path / 'pyproject.toml'} [tool.fulmen]) is not "
-        "installed; installed plugins: deepspeed, fsdp, loggers, xla. Fix: pip install 'acme-tracker>=1.2'",
+        "installed; installed plugins: deepspeed, fsdp, loggers, ray, xla. Fix: pip install 'acme-tracker>=1.2'",
     ]

@@ -27,7 +27,7 @@ ROWS_KEY = "fulmen_rows"
 
 
 class _RowTap(Logger):
-    """The callback's ear on the Trainer's logging: a log tap (``Trainer._log_taps``), which
+    """The callback's ear on the Trainer's logging: a log tap (``Trainer.log_listeners``), which
     gets what the loggers get without being one of them, keeping the rows (global rank zero
     only receives any) until the callback reports them, and the paths of the files
     ``ModelCheckpoint`` announces."""
@@ -76,8 +76,8 @@ class RayTrainReportCallback(Callback):
         ``logger=False``."""
         if stage == "fit":
             _refuse_own_checkpoint_format(trainer.strategy)
-        if stage == "fit" and not any(tap is self._tap for tap in trainer._log_taps):
-            trainer._log_taps.append(self._tap)
+        if stage == "fit" and not any(tap is self._tap for tap in trainer.log_listeners):
+            trainer.log_listeners.append(self._tap)
 
     def on_save_checkpoint(self, trainer, checkpoint) -> None:
         """A full checkpoint is being built: it covers the rows logged so far."""
@@ -101,8 +101,8 @@ class RayTrainReportCallback(Callback):
 
     def teardown(self, trainer, stage) -> None:
         """Detach the row tap again: a later stage logs without it."""
-        if stage == "fit" and any(tap is self._tap for tap in trainer._log_taps):
-            trainer._log_taps.remove(self._tap)
+        if stage == "fit" and any(tap is self._tap for tap in trainer.log_listeners):
+            trainer.log_listeners.remove(self._tap)
 
     # ------------------------------------------------------------------ reporting
     def _report(self, trainer, final: bool) -> None:

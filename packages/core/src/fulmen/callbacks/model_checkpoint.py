@@ -297,7 +297,7 @@ class ModelCheckpoint(Callback):
         self._last_written = (path, trainer.global_step)
         # Trackers name uploads by these: "best" while this file is the best so far.
         aliases = ["latest", "best"] if path == self.best_model_path else ["latest"]
-        for logger in (*trainer.loggers, *getattr(trainer, "_log_taps", ())):
+        for logger in (*trainer.loggers, *getattr(trainer, "log_listeners", ())):
             if trainer.is_global_zero:
                 logger.log_checkpoint(path, aliases=aliases)
 

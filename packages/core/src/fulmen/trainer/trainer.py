@@ -75,6 +75,12 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
         plugins: precision, checkpoint IO or cluster environment objects, hook-implementing objects, or plugin names.
         allow_plugins, deny_plugins: which discovered plugins this Trainer loads.
         profiler: ``"simple"``, ``"advanced"``, ``"pytorch"``, a plugin's name or a ``fulmen.profilers.Profiler``; ``None``: no profiling, at no cost per step.
+
+    Attributes:
+        log_listeners: objects with a logger's ``log_metrics(metrics, step)`` and
+            ``log_checkpoint(path, aliases)`` that receive, on rank 0, every row and checkpoint
+            the loggers receive, without being loggers (a plugin's way to observe what is
+            logged, e.g. fulmen-ray reporting rows to Ray; see docs/plugins.md).
     """
 
     def __init__(
@@ -174,11 +180,8 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
 
         logger = plugin_config.default_logger(logger, self.fabric._plugin_set)  # a distribution's default
         self.loggers = build_loggers(logger, self.fabric.registry, self.default_root_dir)
-        # Listeners a plugin attaches (fulmen_ray's report callback) that receive every row and
-        # checkpoint announcement the loggers get without being loggers: trainer.logger,
-        # loggers, log_dir, hyperparameters, finalize and the loggers' checkpoint state stay
-        # the user's, and rows are produced for them even where the user has no logger.
-        self._log_taps: List[Any] = []
+        # Rows and checkpoints for observers that are not loggers (the class docstring says why).
+        self.log_listeners: List[Any] = []
         self.callbacks = build_callbacks(
             self, callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary, max_time,
         )
@@ -541,10 +544,10 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
         self._log_to_loggers(metrics)
 
     def _log_to_loggers(self, metrics: Dict[str, float]) -> None:
-        if not metrics or not (self.loggers or self._log_taps) or self.sanity_checking or not self.is_global_zero:
+        if not metrics or not (self.loggers or self.log_listeners) or self.sanity_checking or not self.is_global_zero:
             return
         metrics = {**metrics, "epoch": float(self.current_epoch)}
-        for logger in (*self.loggers, *self._log_taps):
+        for logger in (*self.loggers, *self.log_listeners):
             logger.log_metrics(metrics, step=self.global_step)
 
     def _finalize_loggers(self, status: str) -> None:

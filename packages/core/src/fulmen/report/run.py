@@ -173,20 +173,16 @@ def _model_checkpoint_state(path: Path, notes: List[str]) -> Dict[str, Any]:
     The tensors are memory-mapped, never read: only the callbacks' small entries are wanted.
     A sharded directory is read through its metadata file (which holds everything but the
     shards); one without a known metadata file is not consolidated just for the ranking."""
-    from fulmen.cli.checkpoint_hparams import DIRECTORY_METADATA_FILES
-    from fulmen.io.checkpoint_io import TorchCheckpointIO
+    from fulmen.io.metadata import DIRECTORY_METADATA_FILES, read_small_entries
 
-    if path.is_dir():
-        found = [path / name for name in DIRECTORY_METADATA_FILES if (path / name).is_file()]
-        if not found:
-            notes.append(f"{path.name} is a checkpoint directory without a metadata file the report "
-                         f"reads ({', '.join(DIRECTORY_METADATA_FILES)}): ModelCheckpoint's ranking is not shown")
-            return {}
-        path = found[0]
     try:
-        checkpoint = TorchCheckpointIO(mmap=True).load_checkpoint(path, map_location="cpu")
+        checkpoint = read_small_entries(path)
     except Exception as exc:  # a damaged or foreign file must not stop the report
         notes.append(f"{path.name} could not be read for ModelCheckpoint's ranking: {exc}")
+        return {}
+    if checkpoint is None:
+        notes.append(f"{path.name} is a checkpoint directory without a metadata file the report "
+                     f"reads ({', '.join(DIRECTORY_METADATA_FILES)}): ModelCheckpoint's ranking is not shown")
         return {}
     for key, state in (checkpoint.get("callbacks") or {}).items():
         if str(key).startswith("ModelCheckpoint") and isinstance(state, dict):

@@ -178,6 +178,8 @@ def xla(session: nox.Session) -> None:
     session.install(*_find_links(), "torch==2.9.0", "torch-xla==2.9.0")
     session.install(*_find_links(), *TEST_DEPS)
     install_fulmen(session)
+    # fulmen[cli] and fulmen[migrate], so tests/core/cli and tests/core/migrate run on torch 2.9 too.
+    session.install(*_find_links(), "-e", "packages/core[cli,migrate]")
     session.run("python", "-c", "import torch, torch_xla; print('torch', torch.__version__, 'torch-xla', torch_xla.__version__)")
     session.run("python", "-m", "pytest", "tests/xla", "tests/core", *session.posargs,
                 env={"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})

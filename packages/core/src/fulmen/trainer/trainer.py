@@ -180,7 +180,6 @@ class Trainer(TrainerProperties, RebuildsInWorkers):
 
         logger = plugin_config.default_logger(logger, self.fabric._plugin_set)  # a distribution's default
         self.loggers = build_loggers(logger, self.fabric.registry, self.default_root_dir)
-        # Rows and checkpoints for observers that are not loggers (the class docstring says why).
         self.log_listeners: List[Any] = []
         self.callbacks = build_callbacks(
             self, callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary, max_time,
